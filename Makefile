@@ -1,0 +1,29 @@
+# Each target creates the local venv on first use, so a fresh clone needs only Python 3.11.
+PYTHON ?= $(shell command -v python3.11 || command -v python3)
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+
+.PHONY: demo test bench detect clean
+
+$(STAMP): setup.cfg pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip "setuptools>=64" wheel
+	$(BIN)/python -m pip install -q -e '.[test,train]'
+	touch $(STAMP)
+
+demo: $(STAMP)
+	$(BIN)/python -m train.train_center --out runs/demo
+
+test: $(STAMP)
+	$(BIN)/python -m pytest -q tests; rc=$$?; if [ $$rc -eq 5 ]; then echo "no tests collected"; exit 0; fi; exit $$rc
+
+bench: $(STAMP)
+	$(BIN)/python -m bench.bench_softmax_ce
+	$(BIN)/python -m bench.bench_center
+
+detect: $(STAMP)
+	$(BIN)/python -m train.train_faster_rcnn --out runs/detect
+
+clean:
+	rm -rf $(VENV) runs build *.egg-info
