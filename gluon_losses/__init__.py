@@ -1,0 +1,6 @@
+"""Class-weighted softmax cross-entropy and center loss for MXNet Gluon."""
+from . import class_weights
+from .softmax_ce import WeightedSoftmaxCELoss, weighted_softmax_ce
+
+__all__ = ["WeightedSoftmaxCELoss", "weighted_softmax_ce", "class_weights"]
+__version__ = "0.1.0"
