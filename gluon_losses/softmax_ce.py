@@ -1,0 +1,336 @@
+r"""Class-weighted softmax cross-entropy with an ignore label.
+
+:func:`weighted_softmax_ce` is the functional core, written once for both
+``F=mx.nd`` and ``F=mx.sym``; :class:`WeightedSoftmaxCELoss` is the thin Gluon
+``Loss`` over it that owns the class weights as a saved, exported parameter and
+checks its inputs.
+"""
+import numpy as np
+import mxnet as mx
+from mxnet.gluon.loss import Loss
+
+from .checks import (apply_scalar_weight, as_weight_vector, check_choice, check_float,
+                     check_ignore_label, check_labels, check_shape, ensure_on_context,
+                     invalid_label_mask, poison_invalid)
+
+__all__ = ["WeightedSoftmaxCELoss", "weighted_softmax_ce", "NORMALIZATIONS"]
+
+NORMALIZATIONS = ("valid", "batch", "weight", "null", "none")
+
+# (1 - p_t) below this is treated as 0 by the focal factor. Its log is finite in
+# float32, so the factor's gradient never forms inf * 0 when p_t rounds to 1.
+_FOCAL_FLOOR = 1e-30
+
+
+def _class_axis_shape(axis, ndim):
+    """Reshape spec that lays a (C,) vector along ``axis`` of an ``ndim``-D array."""
+    trailing = -axis - 1 if axis < 0 else ndim - axis - 1
+    return (-1,) + (1,) * trailing
+
+
+def _num_classes_of(F, pred, axis):
+    """C read from the prediction's shape inside the graph, as a (1,) float32 array."""
+    end = axis + 1 if axis != -1 else None
+    return F.cast(F.slice_axis(F.shape_array(pred), axis=0, begin=axis, end=end), "float32")
+
+
+def weighted_softmax_ce(F, pred, label, class_weight=None, sample_weight=None, axis=-1,
+                        sparse_label=True, from_logits=False, ignore_label=-1,
+                        normalization="valid", label_smoothing=0.0, gamma=0.0, batch_axis=0,
+                        num_classes=None, ndim=None):
+    r"""Weighted softmax cross-entropy for ``F`` in (``mx.nd``, ``mx.sym``).
+
+    See :class:`WeightedSoftmaxCELoss` for the math and the meaning of every
+    argument. ``class_weight`` is a ``(C,)`` array or None. ``num_classes`` is C
+    when known in Python (else it is read from ``pred``'s shape in the graph), and
+    ``ndim`` is ``pred.ndim``, needed only for dense labels with class weights and a
+    non-negative ``axis``.
+
+    Returns ``(batch,)`` for every normalization but ``'none'``, which returns the
+    per-position losses (shaped like ``label``; for dense labels, ``pred`` without
+    ``axis``).
+    """
+    log_prob = pred if from_logits else F.log_softmax(pred, axis=axis)
+    if sparse_label:
+        label = F.cast(label, "float32")
+        keep = None if ignore_label is None else label != ignore_label
+        # Ignored positions are pointed at class 0 before pick/take, so -1 or 255 is
+        # never clipped into a real class; `keep` zeroes their loss afterwards.
+        index = label if keep is None else F.where(keep, label, F.zeros_like(label))
+        target_log_prob = F.pick(log_prob, index, axis=axis)
+        loss = -target_log_prob
+        if label_smoothing > 0:
+            loss = (1 - label_smoothing) * loss - label_smoothing * F.mean(log_prob, axis=axis)
+        if gamma > 0:
+            loss = _focal_factor(F, target_log_prob, gamma) * loss
+        position_weight = None if class_weight is None else F.take(class_weight, index)
+    else:
+        if class_weight is not None:
+            class_weight = F.reshape(class_weight, shape=_class_axis_shape(axis, ndim))
+        target = label
+        if label_smoothing > 0:
+            target = (1 - label_smoothing) * target + label_smoothing * F.softmax(
+                F.zeros_like(log_prob), axis=axis)
+        per_class = target * log_prob
+        if gamma > 0:
+            per_class = per_class * _focal_factor(F, log_prob, gamma)
+        if class_weight is not None:
+            per_class = F.broadcast_mul(per_class, class_weight)
+        loss = -F.sum(per_class, axis=axis)
+        keep = None
+        position_weight = None
+    if position_weight is not None:
+        loss = loss * position_weight
+    if sample_weight is not None:
+        loss = F.broadcast_mul(loss, sample_weight)
+    if keep is not None:
+        loss = F.where(keep, loss, F.zeros_like(loss))
+    if sparse_label:
+        if num_classes is None:
+            num_classes = _num_classes_of(F, pred, axis)
+        loss = poison_invalid(F, loss, invalid_label_mask(F, label, num_classes, ignore_label))
+    if normalization == "none":
+        return loss
+    return _normalize(F, loss, normalization, keep, position_weight, sample_weight, batch_axis)
+
+
+def _focal_factor(F, log_prob, gamma):
+    r""":math:`(1 - p)^\gamma`, from log-probabilities, finite in value and gradient."""
+    one_minus_p = F.maximum(-F.expm1(log_prob), _FOCAL_FLOOR)
+    return F.exp(gamma * F.log(one_minus_p))
+
+
+def _normalize(F, loss, normalization, keep, position_weight, sample_weight, batch_axis):
+    r"""Per-sample ``(batch,)`` values whose batch mean is :math:`\sum_i l_i / Z`."""
+    if normalization == "batch":
+        # Z is the number of label positions, so B/Z is one over the positions per sample.
+        return F.mean(loss, axis=batch_axis, exclude=True)
+    per_sample = F.sum(loss, axis=batch_axis, exclude=True)
+    batch_size = F.sum(F.ones_like(per_sample))
+    if normalization == "null":
+        return F.broadcast_mul(per_sample, F.BlockGrad(batch_size))
+    if normalization == "valid":
+        counted = F.ones_like(loss) if keep is None else keep
+        total = F.maximum(F.sum(counted), 1.0)
+    else:  # 'weight'
+        weights = F.ones_like(loss)
+        if position_weight is not None:
+            weights = weights * position_weight
+        if sample_weight is not None:
+            weights = F.broadcast_mul(weights, sample_weight)
+        if keep is not None:
+            weights = F.where(keep, weights, F.zeros_like(weights))
+        total = F.sum(weights)
+        # A zero total means every position has weight 0, so the numerator is 0 too.
+        total = F.where(total > 0, total, F.ones_like(total))
+    return F.broadcast_mul(per_sample, F.BlockGrad(batch_size / total))
+
+
+class WeightedSoftmaxCELoss(Loss):
+    r"""Softmax cross-entropy with class weights, an ignore label and a choice of normalization.
+
+    For position :math:`i` with label :math:`y_i`, prediction :math:`z_i` and
+    :math:`p_i = \mathrm{softmax}(z_i)` along ``axis``:
+
+    .. math::
+
+        l_i = -\,w_{y_i}\, s_i\, (1 - p_{i,y_i})^{\gamma}
+              \Big[(1-\varepsilon)\log p_{i,y_i} + \frac{\varepsilon}{C}\sum_c \log p_{i,c}\Big]
+              \quad\text{if } y_i \ne \text{ignore\_label}, \qquad l_i = 0 \text{ otherwise},
+
+        L = \frac{1}{Z}\sum_i l_i,
+
+    with :math:`w` = ``class_weight`` (all ones when None), :math:`s` =
+    ``sample_weight``, :math:`\varepsilon` = ``label_smoothing`` and :math:`\gamma`
+    = ``gamma``. :math:`Z` is chosen by ``normalization``:
+
+    ======== ================================================ ==========================================
+    value    :math:`Z`                                         reproduces
+    ======== ================================================ ==========================================
+    valid    :math:`\max(1, \#\{i: y_i \ne \text{ignore}\})`   ``SoftmaxOutput(normalization='valid')``,
+                                                               Chainer ``normalize=True``
+    batch    number of label positions, ignored ones included  gluon ``SoftmaxCrossEntropyLoss``
+    weight   :math:`\sum_{i \text{ kept}} w_{y_i} s_i` (1 if 0)  PyTorch ``CrossEntropyLoss(weight=w)``,
+                                                               ``reduction='mean'``
+    null     1                                                 a plain sum
+    none     no reduction: the :math:`l_i` themselves          per-position losses for hard-example mining
+    ======== ================================================ ==========================================
+
+    The returned ``(batch,)`` vector holds :math:`\frac{B}{Z}\sum_{i \in b} l_i` for
+    each sample :math:`b`, so its mean over the batch is :math:`L` and
+    ``loss.backward(); trainer.step(batch_size)`` follows :math:`\nabla L`.
+    The gradient is the analytic one: for plain CE,
+    :math:`\partial L / \partial z_i = w_{y_i} s_i (p_i - \mathrm{onehot}(y_i)) / Z`.
+
+    Label smoothing mixes the one-hot target with the uniform one and weights the
+    *whole* position by :math:`w_{y_i}`. PyTorch instead weights each class term of
+    the smoothed target by its own :math:`w_c`. With ``sparse_label=False`` the
+    target is the given distribution :math:`t_i` and weights apply per class:
+    :math:`l_i = -s_i \sum_c w_c t_{i,c} (1-p_{i,c})^\gamma \log p_{i,c}`, smoothed as
+    :math:`(1-\varepsilon) t_i + \varepsilon / C`.
+
+    ``gamma > 0`` is the softmax focal loss of Lin et al. (2017); ``gamma = 0`` is
+    plain cross-entropy. Inputs of any float type are computed in float32.
+
+    Parameters
+    ----------
+    class_weight : list, ndarray, NDArray or None, default None
+        Length-C non-negative weights :math:`w_c` (not all zero). Stored as the
+        non-trainable parameter ``class_weight``: saved by ``save_parameters``,
+        baked into ``export()``, replaceable with :meth:`set_class_weight`.
+    axis : int, default -1
+        The class axis of ``pred``.
+    sparse_label : bool, default True
+        Labels are class indices (True) or per-class probabilities shaped like
+        ``pred`` (False).
+    from_logits : bool, default False
+        ``pred`` already holds log-probabilities.
+    ignore_label : int or None, default -1
+        Label value whose positions get zero loss and zero gradient (-1 for
+        GluonCV's unsampled proposals, 255 in segmentation). None ignores nothing.
+    normalization : {'valid', 'batch', 'weight', 'null', 'none'}, default 'valid'
+        The divisor :math:`Z`, see the table above.
+    label_smoothing : float in [0, 1), default 0
+        :math:`\varepsilon`.
+    gamma : float >= 0, default 0
+        Focusing parameter of the focal loss.
+    weight : float or None, default None
+        Global scalar multiplied into the loss (Gluon's ``weight``).
+    batch_axis : int, default 0
+        The axis of the label that indexes samples.
+
+    Inputs
+    ------
+    - **pred**: ``(N, C)``, ``(B, N, C)`` with ``axis=-1``, ``(B, C, H, W)`` with
+      ``axis=1``: any shape with the classes along ``axis``.
+    - **label**: ``pred``'s shape without ``axis`` (that shape with ``axis`` kept as 1
+      is accepted too); with ``sparse_label=False``, ``pred``'s shape.
+    - **sample_weight** (optional): the label's shape, the label's shape with the class
+      axis kept as 1 (gluon's convention, e.g. ``(B, N, 1)``), ``(batch,)``, or
+      anything with the label's number of dimensions that broadcasts to it.
+
+    Outputs
+    -------
+    - **loss**: ``(batch,)``; with ``normalization='none'``, the label's shape.
+
+    Shape
+    -----
+    ``pred (*, C, *)``, ``label (*, *)`` -> ``(batch,)``.
+    """
+
+    def __init__(self, class_weight=None, axis=-1, sparse_label=True, from_logits=False,
+                 ignore_label=-1, normalization="valid", label_smoothing=0.0, gamma=0.0,
+                 weight=None, batch_axis=0, **kwargs):
+        weight = 1.0 if weight is None else check_float("weight", weight)
+        super().__init__(weight, batch_axis, **kwargs)
+        if isinstance(axis, bool) or not isinstance(axis, (int, np.integer)):
+            raise ValueError("axis must be an integer, got %r" % (axis,))
+        if isinstance(batch_axis, bool) or not isinstance(batch_axis, (int, np.integer)):
+            raise ValueError("batch_axis must be an integer, got %r" % (batch_axis,))
+        self._axis = int(axis)
+        self._sparse_label = bool(sparse_label)
+        self._from_logits = bool(from_logits)
+        self._ignore_label = check_ignore_label(ignore_label)
+        self._normalization = check_choice("normalization", normalization, NORMALIZATIONS)
+        self._label_smoothing = check_float("label_smoothing", label_smoothing, 0.0, 1.0,
+                                            high_open=True)
+        self._gamma = check_float("gamma", gamma, low=0.0)
+        self._built_ndim = None
+        self._num_classes = None
+        if class_weight is not None:
+            weights = as_weight_vector("class_weight", class_weight)
+            self._num_classes = weights.size
+            self.class_weight = self.params.get(
+                "class_weight", shape=weights.shape, grad_req="null",
+                init=mx.init.Constant(weights), differentiable=False)
+            # Initialized here so the loss needs no initialize() call, like gluon's losses.
+            self.class_weight.initialize(ctx=mx.cpu())
+
+    @property
+    def num_classes(self):
+        """C when class weights are set, else None (taken from ``pred`` at run time)."""
+        return self._num_classes
+
+    def set_class_weight(self, class_weight):
+        """Replace the class weights in place, on every context; no re-hybridizing needed."""
+        if self._num_classes is None:
+            raise ValueError("set_class_weight needs a loss built with class_weight, "
+                             "got one built with class_weight=None")
+        weights = as_weight_vector("class_weight", class_weight, length=self._num_classes)
+        self.class_weight.set_data(mx.nd.array(weights))
+
+    def forward(self, pred, label, sample_weight=None):
+        if isinstance(pred, mx.nd.NDArray):
+            pred, label, sample_weight = self._prepare(pred, label, sample_weight)
+        return super().forward(pred, label, sample_weight)
+
+    def _prepare(self, pred, label, sample_weight):
+        """NDArray-level checks and shape conventions, run before graph or imperative code."""
+        ndim = pred.ndim
+        if not -ndim <= self._axis < ndim:
+            raise ValueError("axis=%d is out of range for pred of shape %s" % (self._axis, pred.shape))
+        axis = self._axis % ndim
+        class_count = pred.shape[axis]
+        if self._num_classes is not None and class_count != self._num_classes:
+            raise ValueError("pred has %d classes along axis %d (shape %s) but class_weight has "
+                             "length %d" % (class_count, self._axis, pred.shape, self._num_classes))
+        position_shape = pred.shape[:axis] + pred.shape[axis + 1:]
+        if self._sparse_label:
+            if label.shape == pred.shape[:axis] + (1,) + pred.shape[axis + 1:] and \
+                    label.shape != position_shape:
+                label = label.reshape(position_shape)
+            check_shape("label", label.shape, position_shape, "pred of shape %s" % (pred.shape,))
+        else:
+            check_shape("label", label.shape, pred.shape, "pred (sparse_label=False)")
+        if sample_weight is not None:
+            sample_weight = self._broadcastable_sample_weight(sample_weight, position_shape,
+                                                              pred.shape, axis)
+        if not self._active:
+            if self._sparse_label:
+                check_labels(label, class_count, self._ignore_label)
+        elif self._cached_graph and self._graph_depends_on_ndim() and ndim != self._built_ndim:
+            raise ValueError("pred has %d dimensions but this hybridized loss was built for %d;"
+                             " call hybridize() again" % (ndim, self._built_ndim))
+        if not (self._active and self._cached_graph):
+            self._built_ndim = ndim
+        if pred.dtype != np.float32:
+            pred = pred.astype(np.float32)
+        if self._num_classes is not None:
+            ensure_on_context(self.class_weight, pred.context)
+        return pred, label, sample_weight
+
+    def _graph_depends_on_ndim(self):
+        # Only dense labels with class weights along a non-negative axis bake the
+        # number of dimensions into the graph (to lay the weights along that axis).
+        return not self._sparse_label and self._num_classes is not None and self._axis >= 0
+
+    def _broadcastable_sample_weight(self, sample_weight, position_shape, pred_shape, axis):
+        shape = sample_weight.shape
+        if shape == pred_shape[:axis] + (1,) + pred_shape[axis + 1:] and shape != position_shape:
+            return sample_weight.reshape(position_shape)
+        if len(position_shape) > 1 and shape == (position_shape[self._batch_axis],):
+            spec = [1] * len(position_shape)
+            spec[self._batch_axis] = shape[0]
+            return sample_weight.reshape(tuple(spec))
+        broadcasts = len(shape) == len(position_shape) and all(
+            s in (1, p) for s, p in zip(shape, position_shape))
+        if not broadcasts:
+            raise ValueError("sample_weight has shape %s, which does not broadcast to the "
+                             "label's shape %s" % (shape, position_shape))
+        return sample_weight
+
+    def hybrid_forward(self, F, pred, label, sample_weight=None, class_weight=None):
+        loss = weighted_softmax_ce(
+            F, pred, label, class_weight=class_weight, sample_weight=sample_weight,
+            axis=self._axis, sparse_label=self._sparse_label, from_logits=self._from_logits,
+            ignore_label=self._ignore_label, normalization=self._normalization,
+            label_smoothing=self._label_smoothing, gamma=self._gamma,
+            batch_axis=self._batch_axis, num_classes=self._num_classes, ndim=self._built_ndim)
+        return apply_scalar_weight(loss, self._weight)
+
+    def __repr__(self):
+        return ("{name}(num_classes={nc}, axis={axis}, ignore_label={ig}, normalization={norm!r}, "
+                "label_smoothing={eps}, gamma={gamma})").format(
+                    name=type(self).__name__, nc=self._num_classes, axis=self._axis,
+                    ig=self._ignore_label, norm=self._normalization, eps=self._label_smoothing,
+                    gamma=self._gamma)
