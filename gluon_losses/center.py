@@ -1,0 +1,388 @@
+"""Center loss (Wen et al., ECCV 2016) with the paper's center update.
+
+The loss value and the feature gradient come from an ordinary ``HybridBlock``; the
+centers are moved by a dedicated ``gluon.Trainer`` that applies Eq. 4 of the paper,
+
+.. math:: c_j \\leftarrow c_j - \\alpha \\frac{\\sum_{i: y_i = j} (c_j - x_i)}{1 + n_j},
+
+with :math:`n_j` the number of samples of class j in the *whole* batch, summed over
+devices and workers.
+
+How the update travels. The forward pass adds, per sample, a term that is exactly
+zero in value, ``t - BlockGrad(t)``, whose gradient deposits
+:math:`\\sum_{i: y_i=j} (c_j - x_i)` into ``centers.grad`` and :math:`n_j` into
+``center_counts.grad`` (both row_sparse, gathered with ``Embedding(sparse_grad=True)``).
+Gradients are what every MXNet data-parallel mechanism already knows how to sum
+(kvstore ``device``/``local``/``dist_sync``, Horovod), so the numerator and the
+global counts arrive summed over the whole batch, and every copy applies the same
+update to the same numbers. The cost of a step grows with the batch, not with the
+number of classes.
+"""
+import numpy as np
+import mxnet as mx
+from mxnet import gluon, nd
+from mxnet.gluon.loss import Loss
+
+from .checks import (apply_scalar_weight, check_float, check_ignore_label, check_int,
+                     check_labels, check_shape, invalid_label_mask, poison_invalid)
+
+__all__ = ["CenterLoss", "CenterTrainer", "center_loss", "apply_center_update"]
+
+
+def center_loss(F, features, label, centers, center_counts, num_classes, feature_dim,
+                weight=1.0, ignore_label=None):
+    r"""Per-sample center loss :math:`\frac{w}{2}\lVert x_i - c_{y_i}\rVert^2`, shape ``(B,)``.
+
+    ``F`` is ``mx.nd`` or ``mx.sym``; ``features`` is ``(B, D)``, ``label`` ``(B,)``,
+    ``centers`` ``(K, D)`` and ``center_counts`` ``(K, 1)``. Besides the value, the
+    graph routes :math:`\sum_{i: y_i=j} (c_j - x_i)` (times the head gradient) into the
+    gradient of ``centers`` and :math:`n_j` into that of ``center_counts``; see
+    :class:`CenterTrainer`. Labels outside ``[0, num_classes)`` that are not
+    ``ignore_label`` give NaN.
+    """
+    invalid = invalid_label_mask(F, label, num_classes, ignore_label)
+    keep = invalid == 0
+    if ignore_label is not None:
+        keep = keep * (label != ignore_label)
+    # Ignored and invalid positions read row 0 so Embedding never sees an index it
+    # would clip; every use below masks them out with `where`, which (unlike a
+    # multiply) also keeps a NaN feature there from leaking into the sums.
+    index = F.where(keep, label, F.zeros_like(label))
+    center = F.Embedding(index, centers, input_dim=num_classes, output_dim=feature_dim,
+                         sparse_grad=True)
+    count = F.Embedding(index, center_counts, input_dim=num_classes, output_dim=1,
+                        sparse_grad=True)
+
+    diff = features - F.BlockGrad(center)
+    value = apply_scalar_weight(0.5 * F.sum(F.square(diff), axis=1), weight)
+    value = F.where(keep, value, F.zeros_like(value))
+
+    # Zero-valued carrier: d/dc = (c - x) per kept sample, d/dn = 1 per kept sample.
+    pull = F.BlockGrad(F.where(keep, -diff, F.zeros_like(diff)))
+    carrier = F.sum(center * pull, axis=1) + F.where(keep, F.sum(count, axis=1),
+                                                     F.zeros_like(value))
+    value = value + (carrier - F.BlockGrad(carrier))
+    # The mask has the label's dtype (often int); the loss needs it in its own.
+    return poison_invalid(F, value, F.where(invalid, F.ones_like(value), F.zeros_like(value)))
+
+
+def apply_center_update(weight, counts, indices, numerator, batch_counts, alpha):
+    """Apply Eq. 4 to the rows ``indices`` of ``weight`` in place; count them in ``counts``.
+
+    ``numerator`` is ``(R, D)``: :math:`\\sum_{i: y_i=j}(c_j - x_i)` for each listed row,
+    ``batch_counts`` ``(R, 1)``: :math:`n_j`. A row whose step is not finite (a NaN or
+    Inf feature in the batch) is left as it is, and not counted. Only the listed rows
+    are read or written, so the cost does not depend on the number of classes.
+    """
+    step = nd.broadcast_div(numerator * alpha, batch_counts + 1)
+    finite = nd.min(nd.contrib.isfinite(step), axis=1, keepdims=True)
+    step = nd.where(nd.broadcast_like(finite, step), step, nd.zeros_like(step))
+    # sgd_update with lr=1, wd=0, rescale=1 computes exactly w - step, and with a
+    # row_sparse step and lazy_update it touches only the listed rows.
+    sparse_step = nd.sparse.row_sparse_array((step, indices), shape=weight.shape,
+                                             ctx=weight.context, dtype=weight.dtype)
+    nd.sgd_update(weight, sparse_step, lr=1.0, wd=0.0, rescale_grad=1.0,
+                  lazy_update=True, out=weight)
+    count_step = nd.sparse.row_sparse_array((-batch_counts * finite, indices),
+                                            shape=counts.shape, ctx=counts.context,
+                                            dtype=counts.dtype)
+    nd.sgd_update(counts, count_step, lr=1.0, wd=0.0, rescale_grad=1.0,
+                  lazy_update=True, out=counts)
+
+
+# Labels are carried as float32, exact for integers up to 2**24.
+_MAX_CLASSES = 2 ** 24
+
+# Keys 0 and 1 hold centers and counts (gluon.Trainer's numbering); 2 is the summed
+# gradient of the dist path.
+_DIST_GRAD_KEY = 2
+
+
+class CenterTrainer(gluon.Trainer):
+    r"""The ``gluon.Trainer`` that moves the centers of a :class:`CenterLoss` by Eq. 4.
+
+    Create it with :meth:`CenterLoss.trainer`. Call ``step(batch_size)`` after every
+    backward pass, right after the network's own ``trainer.step``. ``batch_size`` is
+    accepted for symmetry with ``gluon.Trainer`` and not used: Eq. 4 normalizes by the
+    per-class counts, which the backward pass supplies.
+
+    The gradients of ``centers`` and ``center_counts`` are summed over contexts
+    (``kvstore='device'`` or ``'local'``) or over workers (``'dist_sync'``, or
+    ``'dist_sync_device'``); then every copy applies the same update, so all copies
+    stay bitwise identical. ``dist_async`` is refused: it cannot keep copies equal.
+
+    Parameters
+    ----------
+    centers, center_counts : Parameter
+        ``(K, D)`` and ``(K, 1)``, initialized, with row_sparse gradients.
+    alpha : float
+        Center learning rate in (0, 1]. Settable later through ``trainer.alpha``.
+    kvstore : str or KVStore or None
+        As for ``gluon.Trainer``. Used only with several contexts or a ``dist`` type.
+    """
+
+    def __init__(self, centers, center_counts, alpha=0.5, kvstore='device',
+                 compression_params=None, update_on_kvstore=None):
+        if update_on_kvstore:
+            raise ValueError("update_on_kvstore must be None or False for CenterTrainer: "
+                             "Eq. 4 needs the summed gradients on the workers")
+        if compression_params is not None:
+            raise ValueError("compression_params is not supported by CenterTrainer: "
+                             "compressed gradients would make Eq. 4 inexact")
+        self.alpha = check_float("alpha", alpha, 0.0, 1.0, low_open=True)
+        # The optimizer is never called; gluon.Trainer wants one to exist.
+        super().__init__([centers, center_counts], "sgd", {"learning_rate": 0.0},
+                         kvstore=kvstore, update_on_kvstore=False)
+
+    def _init_kvstore(self):
+        kvstore = self._kvstore_params["kvstore"]
+        if isinstance(kvstore, str):
+            if "dist" in kvstore or len(self._contexts) > 1:
+                kvstore = mx.kv.create(kvstore)
+            else:
+                kvstore = None
+        elif kvstore is not None and not isinstance(kvstore, mx.kv.KVStore):
+            raise ValueError("kvstore must be a kvstore type name, a KVStore or None, "
+                             "got %r" % (kvstore,))
+        if kvstore is not None and "async" in kvstore.type:
+            raise ValueError("kvstore=%r cannot keep the centers identical on every "
+                             "worker; use dist_sync" % kvstore.type)
+        self._kvstore = kvstore
+        self._distributed = kvstore is not None and "dist" in kvstore.type
+        self._dist_key_ready = False
+        self._update_on_kvstore = False
+        self._kv_initialized = True
+
+    def allreduce_grads(self):
+        """Sum the center gradients over contexts and workers; see ``update``."""
+        if not self._kv_initialized:
+            self._init_kvstore()
+        if self._params_to_init:
+            # Copies of centers/counts start from context 0 of worker 0 (broadcast).
+            self._init_params()
+        self._reduced = self._reduce()
+
+    def update(self, batch_size=None, ignore_stale_grad=False):
+        """Apply Eq. 4 with the gradients summed by ``allreduce_grads``."""
+        centers, counts = self._params
+        stale = [d for d in centers._check_and_get(centers._data, list) if not d._fresh_grad]
+        if stale:
+            if ignore_stale_grad:
+                return
+            raise UserWarning(
+                "Gradient of %s on %s has not been updated by backward since the last "
+                "step: run the loss forward inside autograd.record() and call backward "
+                "before CenterTrainer.step" % (centers.name, stale[0].context))
+        reduced = getattr(self, "_reduced", None)
+        if reduced is None:
+            raise RuntimeError("call allreduce_grads() before update(), or use step()")
+        self._reduced = None
+        for w, c, rows in zip(centers.list_data(), counts.list_data(), reduced):
+            if rows is not None:
+                apply_center_update(w, c, rows[0], rows[1], rows[2], self.alpha)
+        for d in centers.list_data() + counts.list_data():
+            d._fresh_grad = False
+
+    def step(self, batch_size=None, ignore_stale_grad=False):
+        """Sum the gradients over contexts/workers and move the centers by Eq. 4."""
+        self.allreduce_grads()
+        self.update(batch_size, ignore_stale_grad)
+
+    def _reduce(self):
+        """Per context: (rows, summed numerator rows, summed counts of those rows)."""
+        centers, counts = self._params
+        grads, count_grads = centers.list_grad(), counts.list_grad()
+        kv = self._kvstore
+        if kv is None:
+            return [(g.indices, g.data, n.data) for g, n in zip(grads, count_grads)]
+        if not self._distributed:
+            # Local kvstores sum row_sparse pushes and hand the sum back on pull; both
+            # keys receive the same index sets, so the two sums share their rows.
+            kv.push(0, grads, priority=0)
+            kv.pull(0, grads, priority=0, ignore_sparse=False)
+            kv.push(1, count_grads, priority=-1)
+            kv.pull(1, count_grads, priority=-1, ignore_sparse=False)
+            return [(g.indices, g.data, n.data) for g, n in zip(grads, count_grads)]
+        # Across workers, MXNet's parameter server sums row_sparse pushes only through
+        # an optimizer running on the server, and cannot hand a summed row_sparse
+        # gradient back. So numerator and counts travel as one dense (K, D+1) array,
+        # which the server sums without any updater; its nonzero-count rows are the
+        # union of the workers' classes. This costs K*(D+1) floats per worker and
+        # step; the single-process paths above stay sparse.
+        merged = [nd.concat(g.tostype("default"), n.tostype("default"), dim=1)
+                  for g, n in zip(grads, count_grads)]
+        if not self._dist_key_ready:
+            kv.init(_DIST_GRAD_KEY, nd.zeros_like(merged[0]))
+            self._dist_key_ready = True
+        kv.push(_DIST_GRAD_KEY, merged, priority=0)
+        kv.pull(_DIST_GRAD_KEY, merged, priority=0)
+        reduced = []
+        for m in merged:
+            dim = m.shape[1] - 1
+            rows = nd.contrib.boolean_mask(
+                nd.arange(m.shape[0], ctx=m.context, dtype="int64"),
+                nd.slice_axis(m, axis=1, begin=dim, end=None).reshape((-1,)) > 0)
+            if rows.shape[0] == 0:  # every position of the global batch was ignored
+                reduced.append(None)
+                continue
+            picked = nd.take(m, rows)
+            reduced.append((rows, nd.slice_axis(picked, axis=1, begin=0, end=dim),
+                            nd.slice_axis(picked, axis=1, begin=dim, end=None)))
+        return reduced
+
+
+class CenterLoss(Loss):
+    r"""Center loss of Wen et al. (ECCV 2016) with the paper's center update.
+
+    .. math::
+
+        L_i = \frac{\lambda}{2} \lVert x_i - c_{y_i} \rVert_2^2,
+        \qquad
+        \frac{\partial L_i}{\partial x_i} = \lambda (x_i - c_{y_i}),
+
+    so ``loss(x, y).mean()`` is :math:`\lambda \frac{1}{2B}\sum_i \lVert x_i -
+    c_{y_i}\rVert^2`, the normalization of the authors' Caffe layer. The centers
+    receive no gradient-descent update; :meth:`trainer` returns the trainer that moves
+    every class j present in the batch by Eq. 4 of the paper,
+
+    .. math::
+
+        c_j \leftarrow c_j - \alpha \frac{\sum_{i: y_i=j} (c_j - x_i)}{1 + n_j},
+
+    with :math:`n_j` the number of samples of class j in the whole batch (all devices
+    and workers). Neither :math:`\lambda` nor the network's optimizer touch it; absent
+    classes do not move.
+
+    Usage::
+
+        loss = CenterLoss(num_classes, feature_dim, alpha=0.5, weight=0.01)
+        loss.initialize(ctx=ctx)              # centers start at zero
+        center_trainer = loss.trainer()       # kwargs go to gluon.Trainer, e.g. kvstore
+        with autograd.record():
+            feats, logits = net(x)
+            L = ce(logits, y) + loss(feats, y)
+        L.backward()                          # head gradient 1 per sample (Gluon default)
+        trainer.step(batch_size)
+        center_trainer.step(batch_size)
+
+    The backward pass must give each sample's loss a head gradient of 1, which is what
+    ``L.backward()`` on a per-sample loss (or on a sum of per-sample losses, or
+    ``autograd.backward`` on a list of them) does. Put :math:`\lambda` in ``weight``,
+    not as a factor outside, and do not call ``backward`` on ``L.mean()``: a head
+    gradient other than 1 scales the counts of Eq. 4.
+
+    Parameters
+    ----------
+    num_classes : int
+        Number of classes K (>= 1).
+    feature_dim : int
+        Feature dimension D (>= 1).
+    alpha : float, default 0.5
+        Center learning rate of Eq. 4, in (0, 1].
+    weight : float or None, default 1.0
+        :math:`\lambda`, scales the loss and the feature gradient (not the centers).
+    ignore_label : int or None, default None
+        Positions with this label give zero loss, no feature gradient and no center
+        update.
+    batch_axis : int, default 0
+        0: features are ``(B, D)``; 1: features are ``(D, B)``.
+
+    Inputs:
+        - **features**: ``(B, D)`` (``(D, B)`` with ``batch_axis=1``), float.
+        - **label**: ``(B,)`` class indices in ``[0, K)`` or ``ignore_label``.
+
+    Outputs:
+        - **loss**: ``(B,)``. NaN where a feature is NaN/Inf (the centers are kept
+          finite) or, inside a hybridized graph, where a label is invalid (in
+          imperative mode an invalid label raises ``ValueError``).
+
+    Parameters held:
+        - **centers**: ``(K, D)``, zeros at start; saved by ``save_parameters`` and
+          ``export``.
+        - **center_counts**: ``(K, 1)``, the number of samples each center has been
+          updated with so far; saved alongside.
+    """
+
+    def __init__(self, num_classes, feature_dim, alpha=0.5, weight=1.0, ignore_label=None,
+                 batch_axis=0, **kwargs):
+        self._num_classes = check_int("num_classes", num_classes, 1)
+        if self._num_classes > _MAX_CLASSES:
+            raise ValueError("num_classes must be <= %d (labels travel as float32), got %d"
+                             % (_MAX_CLASSES, self._num_classes))
+        self._feature_dim = check_int("feature_dim", feature_dim, 1)
+        self._alpha = check_float("alpha", alpha, 0.0, 1.0, low_open=True)
+        weight = 1.0 if weight is None else check_float("weight", weight, 0.0)
+        self._ignore_label = check_ignore_label(ignore_label)
+        if isinstance(batch_axis, bool) or batch_axis not in (0, 1):
+            raise ValueError("batch_axis must be 0 or 1, got %r" % (batch_axis,))
+        super().__init__(weight, batch_axis, **kwargs)
+        with self.name_scope():
+            # lr_mult/wd_mult 0: should the centers end up in a network's optimizer by
+            # mistake, it cannot move them; only CenterTrainer does.
+            self.centers = self.params.get(
+                "centers", shape=(self._num_classes, self._feature_dim),
+                init=mx.init.Zero(), grad_stype="row_sparse", lr_mult=0.0, wd_mult=0.0)
+            self.center_counts = self.params.get(
+                "center_counts", shape=(self._num_classes, 1),
+                init=mx.init.Zero(), grad_stype="row_sparse", lr_mult=0.0, wd_mult=0.0)
+
+    @property
+    def num_classes(self):
+        return self._num_classes
+
+    @property
+    def feature_dim(self):
+        return self._feature_dim
+
+    @property
+    def alpha(self):
+        return self._alpha
+
+    def trainer(self, **kwargs):
+        """A :class:`CenterTrainer` for this loss's centers (call after ``initialize``).
+
+        ``kwargs`` go to ``gluon.Trainer`` (``kvstore``, ...); ``alpha`` defaults to
+        this loss's ``alpha``.
+        """
+        kwargs.setdefault("alpha", self._alpha)
+        return CenterTrainer(self.centers, self.center_counts, **kwargs)
+
+    def forward(self, features, label):
+        if isinstance(features, nd.NDArray):
+            label = self._check_inputs(features, label)
+        return super().forward(features, label)
+
+    def _check_inputs(self, features, label):
+        if features.ndim != 2:
+            raise ValueError("features must be 2-D (%s), got shape %s" % (
+                "batch, feature_dim" if self._batch_axis == 0 else "feature_dim, batch",
+                features.shape))
+        dim = features.shape[1 - self._batch_axis]
+        if dim != self._feature_dim:
+            raise ValueError("features has feature dimension %d but feature_dim=%d"
+                             % (dim, self._feature_dim))
+        if not isinstance(label, nd.NDArray):
+            raise ValueError("label must be an NDArray, got %s" % type(label).__name__)
+        batch = features.shape[self._batch_axis]
+        if label.shape == (batch, 1):
+            label = label.reshape((batch,))
+        check_shape("label", label.shape, (batch,), "features of shape %s" % (features.shape,))
+        if self.centers._data is None and not self.centers._deferred_init:
+            raise RuntimeError("CenterLoss holds learned centers: call "
+                               "loss.initialize(ctx=...) before using it")
+        if not self._active:
+            # Imperative mode only: reading labels back is the price of a clear error.
+            check_labels(label, self._num_classes, self._ignore_label)
+        # One label dtype for every graph; float32 holds class ids exactly below 2**24.
+        return label if label.dtype == np.float32 else label.astype(np.float32)
+
+    def hybrid_forward(self, F, features, label, centers, center_counts):
+        if self._batch_axis == 1:
+            features = F.transpose(features)
+        return center_loss(F, features, label, centers, center_counts, self._num_classes,
+                           self._feature_dim, self._weight, self._ignore_label)
+
+    def __repr__(self):
+        return "%s(num_classes=%d, feature_dim=%d, alpha=%g, weight=%g, ignore_label=%r)" % (
+            type(self).__name__, self._num_classes, self._feature_dim, self._alpha,
+            self._weight, self._ignore_label)
