@@ -1,0 +1,54 @@
+"""One worker of the loopback ``dist_sync`` test in ``test_center.py``.
+
+Started by the test with DMLC_ROLE=worker (the scheduler and the server are plain
+``python -c "import mxnet"`` processes with their own DMLC_ROLE). Each worker trains
+the same CenterLoss on its half of every batch and writes its centers after each step
+to ``<out_dir>/centers_rank<r>_step<s>.npy``.
+
+    python tests/dist_center_worker.py OUT_DIR
+"""
+import os
+import sys
+
+import numpy as np
+import mxnet as mx
+from mxnet import autograd, nd
+
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
+from gluon_losses import CenterLoss  # noqa: E402
+
+# Shared with the test, which replays the same batches in one process.
+NUM_CLASSES, FEATURE_DIM, BATCH, STEPS, ALPHA, SEED = 7, 4, 12, 4, 0.6, 3
+
+
+def batches():
+    rng = np.random.RandomState(SEED)
+    for _ in range(STEPS):
+        x = rng.randn(BATCH, FEATURE_DIM).astype(np.float32)
+        # Classes 0..4 only: 5 and 6 stay absent; -1 is ignored.
+        y = rng.randint(-1, 5, size=BATCH).astype(np.float32)
+        yield x, y
+
+
+def main(out_dir):
+    kv = mx.kv.create("dist_sync")
+    rank, workers = kv.rank, kv.num_workers
+    loss = CenterLoss(NUM_CLASSES, FEATURE_DIM, alpha=ALPHA, ignore_label=-1)
+    loss.initialize(ctx=mx.cpu())
+    trainer = loss.trainer(kvstore=kv)
+    part = BATCH // workers
+    for step, (x, y) in enumerate(batches()):
+        xs = nd.array(x[rank * part:(rank + 1) * part])
+        ys = nd.array(y[rank * part:(rank + 1) * part])
+        with autograd.record():
+            out = loss(xs, ys)
+        out.backward()
+        trainer.step(BATCH)
+        np.save(os.path.join(out_dir, "centers_rank%d_step%d.npy" % (rank, step)),
+                loss.centers.data().asnumpy())
+    np.save(os.path.join(out_dir, "counts_rank%d.npy" % rank),
+            loss.center_counts.data().asnumpy())
+
+
+if __name__ == "__main__":
+    main(sys.argv[1])

@@ -1,0 +1,462 @@
+"""CenterLoss: value, gradient and the paper's center update (Wen et al. 2016, Eq. 4)."""
+import os
+import socket
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+import mxnet as mx
+from mxnet import autograd, gluon, nd
+
+from gluon_losses import CenterLoss, WeightedSoftmaxCELoss
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+ROOT = os.path.dirname(HERE)
+sys.path.insert(0, HERE)
+import dist_center_worker as dist_worker  # noqa: E402
+
+
+# ---------------------------------------------------------------- references --
+
+def eq4_reference(centers, x, y, alpha, ignore_label=None):
+    """Float64 NumPy Eq. 4 with per-class counts over the whole batch."""
+    centers = centers.astype(np.float64).copy()
+    keep = np.ones(len(y), bool) if ignore_label is None else y != ignore_label
+    new = centers.copy()
+    for j in np.unique(y[keep]).astype(int):
+        members = keep & (y == j)
+        n_j = members.sum()
+        new[j] = centers[j] - alpha * (centers[j] - x[members]).sum(axis=0) / (1.0 + n_j)
+    return new
+
+
+def loss_reference(centers, x, y, weight, ignore_label=None):
+    keep = np.ones(len(y), bool) if ignore_label is None else y != ignore_label
+    c = centers[np.where(keep, y, 0).astype(int)]
+    value = np.where(keep, 0.5 * weight * ((x - c) ** 2).sum(axis=1), 0.0)
+    grad = np.where(keep[:, None], weight * (x - c), 0.0)
+    return value, grad
+
+
+def run_step(loss, trainer, x, y, ctx=mx.cpu()):
+    """Forward, backward with head gradient 1 per sample, center step."""
+    features = nd.array(x, ctx=ctx)
+    features.attach_grad()
+    with autograd.record():
+        out = loss(features, nd.array(y, ctx=ctx))
+    out.backward()
+    trainer.step(len(y))
+    return out.asnumpy(), features.grad.asnumpy()
+
+
+def make_loss(num_classes=6, feature_dim=3, ctx=mx.cpu(), hybridize=False, **kwargs):
+    loss = CenterLoss(num_classes, feature_dim, **kwargs)
+    loss.initialize(ctx=ctx)
+    if hybridize:
+        loss.hybridize()
+    return loss
+
+
+def random_batches(steps, batch, feature_dim, labels, seed=0):
+    rng = np.random.RandomState(seed)
+    return [(rng.randn(batch, feature_dim).astype(np.float32),
+             rng.choice(labels, size=batch).astype(np.float32)) for _ in range(steps)]
+
+
+# ------------------------------------------------------------- Eq. 4, value --
+
+@pytest.mark.parametrize("hybridize", [False, True])
+def test_matches_numpy_eq4_over_steps(hybridize):
+    # Classes 0..3 repeat within batches; 4 and 5 never appear; -1 is ignored.
+    alpha, weight = 0.4, 0.25
+    loss = make_loss(6, 3, hybridize=hybridize, alpha=alpha, weight=weight, ignore_label=-1)
+    trainer = loss.trainer()
+    ref = np.zeros((6, 3))
+    counts = np.zeros(6)
+    for x, y in random_batches(5, 16, 3, [-1, 0, 1, 1, 2, 3, 3, 3], seed=1):
+        value, grad = run_step(loss, trainer, x, y)
+        ref_value, ref_grad = loss_reference(ref, x, y, weight, ignore_label=-1)
+        np.testing.assert_allclose(value, ref_value, rtol=1e-5, atol=1e-6)
+        np.testing.assert_allclose(grad, ref_grad, rtol=1e-5, atol=1e-6)
+        ref = eq4_reference(ref, x, y, alpha, ignore_label=-1)
+        counts += np.bincount(y[y >= 0].astype(int), minlength=6)
+        np.testing.assert_allclose(loss.centers.data().asnumpy(), ref, rtol=1e-5, atol=1e-6)
+    np.testing.assert_array_equal(loss.centers.data().asnumpy()[4:], 0)
+    np.testing.assert_array_equal(loss.center_counts.data().asnumpy()[:, 0], counts)
+
+
+def test_mean_is_weighted_half_mean_squared_distance():
+    loss = make_loss(4, 5, weight=0.3)
+    loss.centers.set_data(nd.array(np.arange(20).reshape(4, 5) / 10.0))
+    rng = np.random.RandomState(2)
+    x, y = rng.randn(7, 5), rng.randint(0, 4, 7)
+    out = loss(nd.array(x), nd.array(y))
+    c = np.arange(20).reshape(4, 5)[y] / 10.0
+    expected = 0.3 * 0.5 * ((x - c) ** 2).sum(axis=1).mean()
+    assert out.shape == (7,)
+    np.testing.assert_allclose(out.mean().asscalar(), expected, rtol=1e-5)
+
+
+def test_update_ignores_weight_and_network_optimizer():
+    # A network trained with lr, momentum and wd next to the loss; lambda = 0.01.
+    x, y = random_batches(1, 8, 3, [0, 1, 1, 2], seed=3)[0]
+    net = gluon.nn.Dense(3, in_units=3)
+    net.initialize(mx.init.Xavier())
+    net_trainer = gluon.Trainer(net.collect_params(), "sgd",
+                                {"learning_rate": 0.7, "momentum": 0.9, "wd": 0.1})
+    loss = make_loss(3, 3, alpha=0.5, weight=0.01)
+    loss.centers.set_data(nd.ones((3, 3)))
+    start = loss.centers.data().asnumpy()
+    trainer = loss.trainer()
+    with autograd.record():
+        feats = net(nd.array(x))
+        out = loss(feats, nd.array(y))
+    out.backward()
+    feats = feats.asnumpy()
+    net_trainer.step(8)
+    trainer.step(8)
+    np.testing.assert_allclose(loss.centers.data().asnumpy(),
+                               eq4_reference(start, feats, y, 0.5), rtol=1e-5, atol=1e-6)
+
+
+def test_counts_scale_with_head_gradient_one_per_sample():
+    # ce + center summed per sample, backward on the (B,) sum: head gradient 1 each.
+    x, y = random_batches(1, 6, 3, [0, 1], seed=4)[0]
+    loss = make_loss(2, 3)
+    trainer = loss.trainer()
+    features = nd.array(x)
+    with autograd.record():
+        out = loss(features, nd.array(y)) + 0 * features.sum(axis=1)
+    autograd.backward([out])
+    trainer.step(6)
+    np.testing.assert_allclose(loss.centers.data().asnumpy(), eq4_reference(np.zeros((2, 3)), x, y, 0.5),
+                               rtol=1e-5, atol=1e-6)
+
+
+def test_feature_gradient_finite_difference():
+    rng = np.random.RandomState(5)
+    loss = make_loss(4, 3, weight=0.7)
+    loss.centers.set_data(nd.array(rng.randn(4, 3)))
+    x = rng.randn(5, 3).astype(np.float64)
+    y = np.array([0, 2, 2, 3, 1], np.float32)
+    features = nd.array(x)
+    features.attach_grad()
+    with autograd.record():
+        out = loss(features, nd.array(y)).sum()
+    out.backward()
+    eps = 1e-2
+    numeric = np.zeros_like(x)
+    for idx in np.ndindex(*x.shape):
+        plus, minus = x.copy(), x.copy()
+        plus[idx] += eps
+        minus[idx] -= eps
+        numeric[idx] = (loss(nd.array(plus), nd.array(y)).sum().asscalar()
+                        - loss(nd.array(minus), nd.array(y)).sum().asscalar()) / (2 * eps)
+    np.testing.assert_allclose(features.grad.asnumpy(), numeric, rtol=2e-3, atol=2e-3)
+
+
+def test_centers_gradient_is_row_sparse_and_batch_sized():
+    # The scale property: nothing of size K (or B x K) per step in the gradient.
+    loss = make_loss(100000, 8, hybridize=True)
+    x, y = random_batches(1, 32, 8, np.arange(0, 100000, 997), seed=6)[0]
+    with autograd.record():
+        out = loss(nd.array(x), nd.array(y))
+    out.backward()
+    grad = loss.centers.grad()
+    assert grad.stype == "row_sparse"
+    assert grad.indices.shape[0] == len(np.unique(y)) <= 32
+    assert loss.center_counts.grad().stype == "row_sparse"
+
+
+def test_batch_axis_one_and_integer_labels():
+    x, y = random_batches(1, 6, 3, [0, 1, 2], seed=7)[0]
+    a, b = make_loss(3, 3), make_loss(3, 3, batch_axis=1)
+    ta, tb = a.trainer(), b.trainer()
+    va, _ = run_step(a, ta, x, y)
+    features = nd.array(x.T)
+    with autograd.record():
+        vb = b(features, nd.array(y, dtype="int32"))
+    vb.backward()
+    tb.step(6)
+    np.testing.assert_allclose(vb.asnumpy(), va, rtol=1e-6)
+    np.testing.assert_allclose(b.centers.data().asnumpy(), a.centers.data().asnumpy(), rtol=1e-6)
+
+
+def test_everything_ignored_moves_nothing():
+    loss = make_loss(3, 2, ignore_label=255)
+    trainer = loss.trainer()
+    value, grad = run_step(loss, trainer, np.ones((4, 2), np.float32), np.full(4, 255.0))
+    assert not value.any() and not grad.any()
+    assert not loss.centers.data().asnumpy().any()
+    assert not loss.center_counts.data().asnumpy().any()
+
+
+# --------------------------------------------- hybridize / export / no sync --
+
+def test_hybridized_and_exported_match_imperative(tmp_path):
+    rng = np.random.RandomState(8)
+    centers = rng.randn(5, 4).astype(np.float32)
+    x = rng.randn(9, 4).astype(np.float32)
+    y = np.array([0, 1, 1, 4, -1, 2, 2, 2, 0], np.float32)
+    results = []
+    for hybridize in (False, True):
+        loss = make_loss(5, 4, hybridize=hybridize, weight=0.5, ignore_label=-1)
+        loss.centers.set_data(nd.array(centers))
+        results.append(loss(nd.array(x), nd.array(y)).asnumpy())
+    np.testing.assert_array_equal(results[0], results[1])
+
+    prefix = str(tmp_path / "center")
+    loss.export(prefix)
+    saved = nd.load(prefix + "-0000.params")
+    assert any(k.endswith("centers") for k in saved)
+    imported = gluon.SymbolBlock.imports(prefix + "-symbol.json", ["data0", "data1"],
+                                         prefix + "-0000.params")
+    exported = imported(nd.array(x), nd.array(y)).asnumpy()
+    np.testing.assert_allclose(exported, results[0], rtol=1e-6)
+
+
+def test_no_host_sync_in_hybridized_forward_backward(monkeypatch):
+    loss = make_loss(5, 3, hybridize=True, ignore_label=-1)
+    x, y = random_batches(1, 8, 3, [-1, 0, 1, 4], seed=9)[0]
+    features, label = nd.array(x), nd.array(y)
+    loss(features, label).wait_to_read()  # build the graph first
+
+    def refuse(*_):
+        raise AssertionError("host synchronization in the forward/backward path")
+
+    monkeypatch.setattr(nd.NDArray, "asnumpy", refuse)
+    monkeypatch.setattr(nd.NDArray, "asscalar", refuse)
+    features.attach_grad()
+    with autograd.record():
+        out = loss(features, label)
+    out.backward()
+    monkeypatch.undo()
+    assert np.isfinite(out.asnumpy()).all()
+
+
+# ------------------------------------------------------------ multi-device --
+
+def _train_on_contexts(contexts, kvstore, batches, alpha=0.5):
+    loss = make_loss(7, 4, ctx=contexts, alpha=alpha, ignore_label=-1)
+    trainer = loss.trainer(kvstore=kvstore)
+    history = []
+    for x, y in batches:
+        xs = gluon.utils.split_and_load(nd.array(x), contexts, even_split=False)
+        ys = gluon.utils.split_and_load(nd.array(y), contexts, even_split=False)
+        with autograd.record():
+            outs = [loss(a, b) for a, b in zip(xs, ys)]
+        autograd.backward(outs)
+        trainer.step(len(y))
+        history.append([d.asnumpy() for d in loss.centers.list_data()])
+    return history
+
+
+@pytest.mark.parametrize("kvstore", ["device", "local"])
+def test_multi_context_copies_identical_and_equal_to_single(kvstore):
+    # Class 5 only ever lands on cpu(1): the counts must be global, not per device.
+    batches = random_batches(4, 10, 4, [-1, 0, 0, 1, 2, 3], seed=10)
+    for x, y in batches:
+        y[-2:] = 5
+    multi = _train_on_contexts([mx.cpu(0), mx.cpu(1)], kvstore, batches)
+    single = _train_on_contexts([mx.cpu(0)], kvstore, batches)
+    ref = np.zeros((7, 4))
+    for (x, y), copies, (one,) in zip(batches, multi, single):
+        ref = eq4_reference(ref, x, y, 0.5, ignore_label=-1)
+        np.testing.assert_array_equal(copies[0], copies[1])
+        np.testing.assert_allclose(copies[0], one, rtol=1e-6, atol=1e-6)
+        np.testing.assert_allclose(copies[0], ref, rtol=1e-5, atol=1e-6)
+
+
+# ------------------------------------------------------------- dist_sync --
+
+def _free_port():
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@pytest.mark.skipif(os.environ.get("GLUON_LOSSES_SKIP_DIST") == "1",
+                    reason="GLUON_LOSSES_SKIP_DIST=1")
+def test_dist_sync_loopback_workers_identical_and_equal_to_single(tmp_path):
+    env = dict(os.environ, DMLC_PS_ROOT_URI="127.0.0.1", DMLC_PS_ROOT_PORT=str(_free_port()),
+               DMLC_NUM_SERVER="1", DMLC_NUM_WORKER="2", OMP_NUM_THREADS="1",
+               PYTHONPATH=ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    launch = [("scheduler", [sys.executable, "-c", "import mxnet"]),
+              ("server", [sys.executable, "-c", "import mxnet"]),
+              ("worker", [sys.executable, os.path.join(HERE, "dist_center_worker.py"), str(tmp_path)]),
+              ("worker", [sys.executable, os.path.join(HERE, "dist_center_worker.py"), str(tmp_path)])]
+    procs = []
+    try:
+        for role, cmd in launch:
+            procs.append(subprocess.Popen(cmd, env=dict(env, DMLC_ROLE=role), cwd=ROOT,
+                                          stdout=subprocess.PIPE, stderr=subprocess.STDOUT))
+        deadline = time.time() + 120
+        for proc in procs[2:]:
+            try:
+                output, _ = proc.communicate(timeout=max(1, deadline - time.time()))
+            except subprocess.TimeoutExpired:
+                pytest.fail("dist_sync worker did not finish within 120 s")
+            assert proc.returncode == 0, output.decode(errors="replace")[-3000:]
+    finally:
+        for proc in procs:
+            if proc.poll() is None:
+                proc.kill()
+        for proc in procs:
+            proc.wait(timeout=30)
+
+    ref = np.zeros((dist_worker.NUM_CLASSES, dist_worker.FEATURE_DIM))
+    counts = np.zeros(dist_worker.NUM_CLASSES)
+    for step, (x, y) in enumerate(dist_worker.batches()):
+        ref = eq4_reference(ref, x, y, dist_worker.ALPHA, ignore_label=-1)
+        counts += np.bincount(y[y >= 0].astype(int), minlength=dist_worker.NUM_CLASSES)
+        w0, w1 = (np.load(str(tmp_path / ("centers_rank%d_step%d.npy" % (r, step))))
+                  for r in (0, 1))
+        np.testing.assert_array_equal(w0, w1)
+        np.testing.assert_allclose(w0, ref, rtol=1e-5, atol=1e-6)
+    for r in (0, 1):
+        np.testing.assert_array_equal(np.load(str(tmp_path / ("counts_rank%d.npy" % r)))[:, 0],
+                                      counts)
+
+
+# ----------------------------------------------------- state, NaN, errors --
+
+def test_save_load_mid_training_resumes_identically(tmp_path):
+    batches = random_batches(4, 12, 3, [0, 1, 2, 2, 4], seed=11)
+    loss = make_loss(5, 3, alpha=0.3)
+    trainer = loss.trainer()
+    for x, y in batches[:2]:
+        run_step(loss, trainer, x, y)
+    path = str(tmp_path / "center.params")
+    loss.save_parameters(path)
+    resumed = CenterLoss(5, 3, alpha=0.3)
+    resumed.load_parameters(path, ctx=mx.cpu())
+    resumed_trainer = resumed.trainer()
+    np.testing.assert_array_equal(resumed.center_counts.data().asnumpy(),
+                                  loss.center_counts.data().asnumpy())
+    for x, y in batches[2:]:
+        run_step(loss, trainer, x, y)
+        run_step(resumed, resumed_trainer, x, y)
+        np.testing.assert_array_equal(resumed.centers.data().asnumpy(),
+                                      loss.centers.data().asnumpy())
+
+
+@pytest.mark.parametrize("bad", [np.nan, np.inf, -np.inf])
+@pytest.mark.parametrize("hybridize", [False, True])
+def test_non_finite_features_never_reach_the_centers(bad, hybridize):
+    loss = make_loss(3, 2, hybridize=hybridize)
+    trainer = loss.trainer()
+    x = np.array([[1, 2], [bad, 0], [3, 4], [5, 6]], np.float32)
+    y = np.array([0, 1, 1, 2], np.float32)
+    value, _ = run_step(loss, trainer, x, y)
+    assert np.isnan(value[1]) or np.isinf(value[1])
+    assert np.isnan(value.mean()) or np.isinf(value.mean())
+    centers = loss.centers.data().asnumpy()
+    assert np.isfinite(centers).all()
+    # Class 1 (which held the bad feature) stays put; the others follow Eq. 4.
+    ref = eq4_reference(np.zeros((3, 2)), x[[0, 3]], y[[0, 3]], 0.5)
+    np.testing.assert_allclose(centers, ref, rtol=1e-6)
+    np.testing.assert_array_equal(loss.center_counts.data().asnumpy()[:, 0], [1, 0, 1])
+
+
+def test_nan_loss_on_bad_label_in_hybridized_graph():
+    loss = make_loss(3, 2, hybridize=True, ignore_label=-1)
+    loss(nd.ones((2, 2)), nd.array([0, 1])).wait_to_read()
+    out = loss(nd.ones((3, 2)), nd.array([0, 3, -1])).asnumpy()
+    assert np.isfinite(out[0]) and np.isnan(out[1]) and out[2] == 0
+
+
+@pytest.mark.parametrize("kwargs, name", [
+    (dict(num_classes=0, feature_dim=2), "num_classes"),
+    (dict(num_classes=2.5, feature_dim=2), "num_classes"),
+    (dict(num_classes=3, feature_dim=0), "feature_dim"),
+    (dict(num_classes=3, feature_dim=2, alpha=0.0), "alpha"),
+    (dict(num_classes=3, feature_dim=2, alpha=1.5), "alpha"),
+    (dict(num_classes=3, feature_dim=2, alpha=-0.1), "alpha"),
+    (dict(num_classes=3, feature_dim=2, alpha=float("nan")), "alpha"),
+    (dict(num_classes=3, feature_dim=2, ignore_label=0.5), "ignore_label"),
+    (dict(num_classes=3, feature_dim=2, batch_axis=2), "batch_axis"),
+])
+def test_bad_construction_arguments_are_named(kwargs, name):
+    with pytest.raises(ValueError, match=name):
+        CenterLoss(**kwargs)
+
+
+def test_alpha_one_is_allowed():
+    assert CenterLoss(3, 2, alpha=1).alpha == 1.0
+
+
+@pytest.mark.parametrize("features, label, match", [
+    (np.ones((4, 3)), [0, 1, 2, 0], "feature_dim=2"),
+    (np.ones((4,)), [0, 1, 2, 0], "features must be 2-D"),
+    (np.ones((4, 2, 1)), [0, 1, 2, 0], "features must be 2-D"),
+    (np.ones((4, 2)), [0, 1, 2], "label"),
+    (np.ones((4, 2)), [0, 1, 3, 0], "label contains 3"),
+    (np.ones((4, 2)), [0, -1, 2, 0], "label contains -1"),
+    (np.ones((4, 2)), [0, 1.5, 2, 0], "label contains 1.5"),
+])
+def test_bad_inputs_raise_naming_the_argument(features, label, match):
+    loss = make_loss(3, 2)
+    with pytest.raises(ValueError, match=match):
+        loss(nd.array(features), nd.array(label))
+
+
+def test_uninitialized_and_misused_trainer():
+    with pytest.raises(RuntimeError, match="initialize"):
+        CenterLoss(3, 2)(nd.ones((1, 2)), nd.array([0]))
+    loss = make_loss(3, 2)
+    with pytest.raises(ValueError, match="update_on_kvstore"):
+        loss.trainer(update_on_kvstore=True)
+    with pytest.raises(ValueError, match="alpha"):
+        loss.trainer(alpha=2.0)
+    trainer = loss.trainer()
+    with pytest.raises(UserWarning, match="backward"):
+        trainer.step(1)
+    trainer.step(1, ignore_stale_grad=True)
+    assert not loss.centers.data().asnumpy().any()
+
+
+# ------------------------------------------------- with softmax cross-entropy --
+
+class _FeatureNet(gluon.HybridBlock):
+    def __init__(self, feature_dim, num_classes, **kwargs):
+        super().__init__(**kwargs)
+        with self.name_scope():
+            self.embed = gluon.nn.Dense(feature_dim, in_units=5)
+            self.classify = gluon.nn.Dense(num_classes, in_units=feature_dim)
+
+    def hybrid_forward(self, F, x):
+        feats = self.embed(x)
+        return feats, self.classify(feats)
+
+
+@pytest.mark.parametrize("hybridize", [False, True])
+def test_joint_training_with_weighted_softmax_ce(hybridize):
+    num_classes, feature_dim, batch = 4, 3, 10
+    rng = np.random.RandomState(12)
+    net = _FeatureNet(feature_dim, num_classes)
+    net.initialize(mx.init.Xavier())
+    ce = WeightedSoftmaxCELoss(class_weight=[1.0, 2.0, 1.0, 0.5])
+    center = make_loss(num_classes, feature_dim, alpha=0.5, weight=0.1, ignore_label=-1)
+    if hybridize:
+        net.hybridize()
+        ce.hybridize()
+        center.hybridize()
+    trainer = gluon.Trainer(net.collect_params(), "sgd", {"learning_rate": 0.1})
+    center_trainer = center.trainer()
+    ref = np.zeros((num_classes, feature_dim))
+    for _ in range(3):
+        x = nd.array(rng.randn(batch, 5))
+        y = nd.array(rng.randint(-1, 3, batch))
+        with autograd.record():
+            feats, logits = net(x)
+            total = ce(logits, y) + center(feats, y)
+        total.backward()
+        grad_before = net.embed.weight.grad().asnumpy().copy()
+        trainer.step(batch)
+        center_trainer.step(batch)
+        ref = eq4_reference(ref, feats.asnumpy(), y.asnumpy(), 0.5, ignore_label=-1)
+        np.testing.assert_allclose(center.centers.data().asnumpy(), ref, rtol=1e-5, atol=1e-6)
+        assert np.abs(grad_before).sum() > 0
+        assert np.isfinite(total.asnumpy()).all()
