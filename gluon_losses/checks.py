@@ -101,25 +101,32 @@ def check_labels(label, num_classes, ignore_label, name="label"):
                          % (name, bad.flat[0].item(), num_classes, ignored))
 
 
-def invalid_label_mask(F, label, num_classes, ignore_label):
-    """1 where a label is neither a class in [0, num_classes) nor the ignore label.
+def out_of_range(F, index, num_classes):
+    """1 where ``index`` is not a class in [0, num_classes), else 0.
 
-    ``num_classes`` is a Python int, or an array broadcastable to ``label`` when the
-    class count is only known from the prediction's shape at run time.
+    ``num_classes`` is a Python int, or a (1,) array when the class count is only
+    known from a shape inside the graph. Callers point ignored positions at class 0
+    first, so they never count as out of range.
     """
     if isinstance(num_classes, numbers.Integral):
-        out_of_range = (label < 0) + (label >= num_classes)
-    else:
-        out_of_range = (label < 0) + F.broadcast_greater_equal(label, num_classes)
-    invalid = out_of_range > 0
-    if ignore_label is not None:
-        invalid = invalid * (label != ignore_label)
-    return invalid
+        return index != F.clip(index, 0, num_classes - 1)
+    return (index < 0) + F.broadcast_greater_equal(index, num_classes)
+
+
+def invalid_label_mask(F, label, num_classes, ignore_label):
+    """1 where a label is neither a class in [0, num_classes) nor the ignore label."""
+    index = label if ignore_label is None else label * (label != ignore_label)
+    return out_of_range(F, index, num_classes)
 
 
 def poison_invalid(F, loss, invalid):
-    """NaN where ``invalid`` is 1, ``loss`` elsewhere (the graph-mode stand-in for raising)."""
-    return F.where(invalid, F.zeros_like(loss) * float("nan"), loss)
+    """``loss`` plus NaN wherever ``invalid`` (a mask, or a count that broadcasts) is positive.
+
+    This is the graph-mode stand-in for raising: sqrt of a negative number is NaN and
+    sqrt(0) is 0, so one cheap op marks the loss without a branch. BlockGrad keeps
+    the infinite derivative of sqrt at 0 out of the backward pass.
+    """
+    return F.broadcast_add(loss, F.BlockGrad(F.sqrt(-invalid)))
 
 
 def apply_scalar_weight(loss, weight):

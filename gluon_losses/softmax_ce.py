@@ -10,8 +10,7 @@ import mxnet as mx
 from mxnet.gluon.loss import Loss
 
 from .checks import (apply_scalar_weight, as_weight_vector, check_choice, check_float,
-                     check_ignore_label, check_labels, check_shape, ensure_on_context,
-                     invalid_label_mask, poison_invalid)
+                     check_ignore_label, check_labels, check_shape, ensure_on_context)
 
 __all__ = ["WeightedSoftmaxCELoss", "weighted_softmax_ce", "NORMALIZATIONS"]
 
@@ -28,23 +27,41 @@ def _class_axis_shape(axis, ndim):
     return (-1,) + (1,) * trailing
 
 
-def _num_classes_of(F, pred, axis):
-    """C read from the prediction's shape inside the graph, as a (1,) float32 array."""
-    end = axis + 1 if axis != -1 else None
-    return F.cast(F.slice_axis(F.shape_array(pred), axis=0, begin=axis, end=end), "float32")
+def _guarded_class_weight(F, class_weight, pred, axis):
+    """The class weights (ones when None) with a NaN entry on each side.
+
+    Looking a label up at ``label + 1`` in this vector, with take's clipping, gives
+    NaN for any label below 0 or at or above C. That one lookup both weights the
+    position and poisons an out-of-range label, so a bad label turns the loss NaN in
+    a graph without a separate range test and reduction.
+    """
+    if class_weight is None:
+        class_weight = F.ones_like(F.contrib.arange_like(pred, axis=axis))
+    nan = F.slice_axis(class_weight, axis=0, begin=0, end=1) * float("nan")
+    return F.concat(nan, class_weight, nan, dim=0)
+
+
+def _sum_all(F, values, mask=None):
+    """Sum of every element of ``values``, zero wherever ``mask`` (0/1) is 0.
+
+    A dot product of the flattened arrays is a single BLAS call, many times faster
+    on CPU than MXNet's generic full reduction.
+    """
+    flat = F.reshape(values, shape=(-1,))
+    return F.dot(flat, flat if mask is None else F.reshape(mask, shape=(-1,)))
 
 
 def weighted_softmax_ce(F, pred, label, class_weight=None, sample_weight=None, axis=-1,
                         sparse_label=True, from_logits=False, ignore_label=-1,
                         normalization="valid", label_smoothing=0.0, gamma=0.0, batch_axis=0,
-                        num_classes=None, ndim=None):
+                        ndim=None):
     r"""Weighted softmax cross-entropy for ``F`` in (``mx.nd``, ``mx.sym``).
 
     See :class:`WeightedSoftmaxCELoss` for the math and the meaning of every
-    argument. ``class_weight`` is a ``(C,)`` array or None. ``num_classes`` is C
-    when known in Python (else it is read from ``pred``'s shape in the graph), and
-    ``ndim`` is ``pred.ndim``, needed only for dense labels with class weights and a
-    non-negative ``axis``.
+    argument. ``pred`` and ``label`` are float32; ``class_weight`` is a ``(C,)``
+    array or None. ``ndim`` is ``pred.ndim`` when known: it lets 1-D labels skip a
+    per-sample reduction, and dense labels with class weights need it to lay the
+    weights along a non-negative ``axis``.
 
     Returns ``(batch,)`` for every normalization but ``'none'``, which returns the
     per-position losses (shaped like ``label``; for dense labels, ``pred`` without
@@ -52,18 +69,20 @@ def weighted_softmax_ce(F, pred, label, class_weight=None, sample_weight=None, a
     """
     log_prob = pred if from_logits else F.log_softmax(pred, axis=axis)
     if sparse_label:
-        label = F.cast(label, "float32")
         keep = None if ignore_label is None else label != ignore_label
         # Ignored positions are pointed at class 0 before pick/take, so -1 or 255 is
-        # never clipped into a real class; `keep` zeroes their loss afterwards.
-        index = label if keep is None else F.where(keep, label, F.zeros_like(label))
+        # never clipped into a real class; their weight of 0 removes them afterwards.
+        index = label if keep is None else label * keep
         target_log_prob = F.pick(log_prob, index, axis=axis)
         loss = -target_log_prob
         if label_smoothing > 0:
             loss = (1 - label_smoothing) * loss - label_smoothing * F.mean(log_prob, axis=axis)
         if gamma > 0:
             loss = _focal_factor(F, target_log_prob, gamma) * loss
-        position_weight = None if class_weight is None else F.take(class_weight, index)
+        position_weight = F.take(_guarded_class_weight(F, class_weight, pred, axis), index + 1)
+        if keep is not None:
+            position_weight = position_weight * keep
+        loss = loss * position_weight
     else:
         if class_weight is not None:
             class_weight = F.reshape(class_weight, shape=_class_axis_shape(axis, ndim))
@@ -77,21 +96,13 @@ def weighted_softmax_ce(F, pred, label, class_weight=None, sample_weight=None, a
         if class_weight is not None:
             per_class = F.broadcast_mul(per_class, class_weight)
         loss = -F.sum(per_class, axis=axis)
-        keep = None
-        position_weight = None
-    if position_weight is not None:
-        loss = loss * position_weight
+        keep = position_weight = None
     if sample_weight is not None:
         loss = F.broadcast_mul(loss, sample_weight)
-    if keep is not None:
-        loss = F.where(keep, loss, F.zeros_like(loss))
-    if sparse_label:
-        if num_classes is None:
-            num_classes = _num_classes_of(F, pred, axis)
-        loss = poison_invalid(F, loss, invalid_label_mask(F, label, num_classes, ignore_label))
     if normalization == "none":
         return loss
-    return _normalize(F, loss, normalization, keep, position_weight, sample_weight, batch_axis)
+    return _normalize(F, loss, normalization, keep, position_weight, sample_weight, batch_axis,
+                      per_sample_is_position=ndim == 2)
 
 
 def _focal_factor(F, log_prob, gamma):
@@ -100,30 +111,37 @@ def _focal_factor(F, log_prob, gamma):
     return F.exp(gamma * F.log(one_minus_p))
 
 
-def _normalize(F, loss, normalization, keep, position_weight, sample_weight, batch_axis):
-    r"""Per-sample ``(batch,)`` values whose batch mean is :math:`\sum_i l_i / Z`."""
+def _normalize(F, loss, normalization, keep, position_weight, sample_weight, batch_axis,
+               per_sample_is_position=False):
+    r"""Per-sample ``(batch,)`` values whose batch mean is :math:`\sum_i l_i / Z`.
+
+    With :math:`P` positions per sample, :math:`\frac{B}{Z}\sum_{i\in b} l_i
+    = \frac{BP}{Z}\,\mathrm{mean}_{i \in b}\, l_i`, and :math:`BP` is the loss's
+    size, so no batch size is needed inside the graph.
+    """
+    if per_sample_is_position:
+        per_sample_mean = loss
+    else:
+        per_sample_mean = F.mean(loss, axis=batch_axis, exclude=True)
     if normalization == "batch":
-        # Z is the number of label positions, so B/Z is one over the positions per sample.
-        return F.mean(loss, axis=batch_axis, exclude=True)
-    per_sample = F.sum(loss, axis=batch_axis, exclude=True)
-    batch_size = F.sum(F.ones_like(per_sample))
+        return per_sample_mean
+    size = F.cast(F.size_array(loss), "float32")
     if normalization == "null":
-        return F.broadcast_mul(per_sample, F.BlockGrad(batch_size))
+        return F.broadcast_mul(per_sample_mean, F.BlockGrad(size))
     if normalization == "valid":
-        counted = F.ones_like(loss) if keep is None else keep
-        total = F.maximum(F.sum(counted), 1.0)
+        if keep is None:
+            return per_sample_mean
+        total = F.maximum(_sum_all(F, keep), 1.0)
     else:  # 'weight'
-        weights = F.ones_like(loss)
-        if position_weight is not None:
-            weights = weights * position_weight
+        weights = position_weight
         if sample_weight is not None:
-            weights = F.broadcast_mul(weights, sample_weight)
-        if keep is not None:
-            weights = F.where(keep, weights, F.zeros_like(weights))
-        total = F.sum(weights)
+            weights = sample_weight if weights is None else F.broadcast_mul(weights, sample_weight)
+        if weights is None:
+            return per_sample_mean
+        total = _sum_all(F, F.broadcast_mul(weights, F.ones_like(loss)), F.ones_like(loss))
         # A zero total means every position has weight 0, so the numerator is 0 too.
         total = F.where(total > 0, total, F.ones_like(total))
-    return F.broadcast_mul(per_sample, F.BlockGrad(batch_size / total))
+    return F.broadcast_mul(per_sample_mean, F.BlockGrad(size / total))
 
 
 class WeightedSoftmaxCELoss(Loss):
@@ -293,8 +311,13 @@ class WeightedSoftmaxCELoss(Loss):
                              " call hybridize() again" % (ndim, self._built_ndim))
         if not (self._active and self._cached_graph):
             self._built_ndim = ndim
+        # Computing in float32 keeps float16 inputs from overflowing in the softmax.
         if pred.dtype != np.float32:
             pred = pred.astype(np.float32)
+        if label.dtype != np.float32:
+            label = label.astype(np.float32)
+        if sample_weight is not None and sample_weight.dtype != np.float32:
+            sample_weight = sample_weight.astype(np.float32)
         if self._num_classes is not None:
             ensure_on_context(self.class_weight, pred.context)
         return pred, label, sample_weight
@@ -325,7 +348,7 @@ class WeightedSoftmaxCELoss(Loss):
             axis=self._axis, sparse_label=self._sparse_label, from_logits=self._from_logits,
             ignore_label=self._ignore_label, normalization=self._normalization,
             label_smoothing=self._label_smoothing, gamma=self._gamma,
-            batch_axis=self._batch_axis, num_classes=self._num_classes, ndim=self._built_ndim)
+            batch_axis=self._batch_axis, ndim=self._built_ndim)
         return apply_scalar_weight(loss, self._weight)
 
     def __repr__(self):

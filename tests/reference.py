@@ -1,0 +1,66 @@
+"""Float64 NumPy references that the losses are tested against."""
+import numpy as np
+
+
+def log_softmax(x, axis=-1):
+    shifted = x - x.max(axis=axis, keepdims=True)
+    return shifted - np.log(np.exp(shifted).sum(axis=axis, keepdims=True))
+
+
+def softmax_ce(pred, label, class_weight=None, sample_weight=None, axis=-1, sparse_label=True,
+               from_logits=False, ignore_label=-1, normalization="valid", label_smoothing=0.0,
+               gamma=0.0, batch_axis=0):
+    """What WeightedSoftmaxCELoss must return, written from the formulas in float64."""
+    pred = np.moveaxis(np.asarray(pred, dtype=np.float64), axis, -1)
+    num_classes = pred.shape[-1]
+    log_prob = pred if from_logits else log_softmax(pred)
+    weights = np.ones(num_classes) if class_weight is None else np.asarray(class_weight, np.float64)
+    eps = label_smoothing
+    if sparse_label:
+        label = np.asarray(label)
+        keep = np.ones(label.shape, bool) if ignore_label is None else label != ignore_label
+        index = np.where(keep, label, 0).astype(np.int64)
+        target = np.take_along_axis(log_prob, index[..., None], axis=-1)[..., 0]
+        loss = -((1 - eps) * target + eps / num_classes * log_prob.sum(axis=-1))
+        if gamma:
+            loss = loss * (1 - np.exp(target)) ** gamma
+        position_weight = weights[index] * keep
+    else:
+        target = (1 - eps) * np.moveaxis(np.asarray(label, np.float64), axis, -1) + eps / num_classes
+        per_class = target * log_prob * weights
+        if gamma:
+            per_class = per_class * (1 - np.exp(log_prob)) ** gamma
+        loss = -per_class.sum(axis=-1)
+        keep = np.ones(loss.shape, bool)
+        position_weight = np.ones(loss.shape)
+    sample = np.ones(loss.shape) if sample_weight is None else np.broadcast_to(
+        np.asarray(sample_weight, np.float64), loss.shape)
+    loss = loss * position_weight * sample
+    if normalization == "none":
+        return loss
+    if normalization == "valid":
+        total = max(keep.sum(), 1)
+    elif normalization == "batch":
+        total = loss.size
+    elif normalization == "weight":
+        total = (position_weight * sample * keep).sum()
+        total = total if total > 0 else 1.0
+    else:
+        total = 1.0
+    other_axes = tuple(i for i in range(loss.ndim) if i != batch_axis)
+    return loss.sum(axis=other_axes) * loss.shape[batch_axis] / total
+
+
+def numeric_gradient(function, x, step=1e-6):
+    """Central differences of the scalar ``function`` at ``x`` (float64)."""
+    x = np.array(x, dtype=np.float64)
+    grad = np.zeros_like(x)
+    for i in np.ndindex(x.shape):
+        original = x[i]
+        x[i] = original + step
+        upper = function(x)
+        x[i] = original - step
+        lower = function(x)
+        x[i] = original
+        grad[i] = (upper - lower) / (2 * step)
+    return grad
