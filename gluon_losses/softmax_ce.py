@@ -23,6 +23,10 @@ _FOCAL_FLOOR = 1e-30
 
 def _class_axis_shape(axis, ndim):
     """Reshape spec that lays a (C,) vector along ``axis`` of an ``ndim``-D array."""
+    if axis >= 0 and ndim is None:
+        raise ValueError("dense labels with class weights and axis=%d need pred's number of "
+                         "dimensions; call the loss once with NDArrays, or use a negative "
+                         "axis, got ndim=None" % axis)
     trailing = -axis - 1 if axis < 0 else ndim - axis - 1
     return (-1,) + (1,) * trailing
 
