@@ -514,3 +514,51 @@ def test_property_matches_reference(data):
     np.testing.assert_allclose(grad, expected_grad, rtol=2e-3, atol=2e-4)
     assert np.all(grad[np.moveaxis(np.broadcast_to(
         (label == -1)[..., None], label.shape + (shape[axis],)), -1, axis)] == 0)
+
+
+# --- values pinned from PyTorch 2.13 (torch.nn.functional.cross_entropy, float64) -------
+
+TORCH_PRED = np.array([[1.0, -0.5, 2.0, 0.3], [0.2, 0.1, -1.0, 1.5], [-2.0, 0.5, 0.5, 0.0],
+                       [3.0, 1.0, -1.0, 0.0], [0.0, 0.0, 0.0, 0.0]], np.float32)
+TORCH_LABEL = np.array([2, 3, -1, 0, 1], np.float32)
+
+
+def test_weight_normalization_pinned_to_pytorch():
+    """cross_entropy(weight=[.5, 2, 1, 3], ignore_index=-1, reduction='mean')."""
+    loss_fn = WeightedSoftmaxCELoss([0.5, 2.0, 1.0, 3.0], normalization="weight")
+    value, grad = run_loss(loss_fn, TORCH_PRED, TORCH_LABEL)
+    np.testing.assert_allclose(value.mean(), 0.733487535334606, rtol=1e-5)
+    torch_grad = [[0.03466567095695431, 0.007734956712277987, -0.05961509041252449,
+                   0.01721446274329219],
+                  [0.07855534842700701, 0.07107981864360821, 0.02366041626096082,
+                   -0.17329558333157608],
+                  [0.0, 0.0, 0.0, 0.0],
+                  [-0.01300364149661913, 0.008650554897764043, 0.0011707252972427639,
+                   0.0031823613016123196],
+                  [0.07692307692307693, -0.23076923076923078, 0.07692307692307693,
+                   0.07692307692307693]]
+    np.testing.assert_allclose(grad / 5, torch_grad, rtol=1e-5, atol=1e-7)
+
+
+def test_unweighted_label_smoothing_pinned_to_pytorch():
+    """cross_entropy(ignore_index=-1, label_smoothing=0.1): the conventions agree unweighted."""
+    value, grad = run_loss(WeightedSoftmaxCELoss(label_smoothing=0.1), TORCH_PRED, TORCH_LABEL)
+    np.testing.assert_allclose(value.mean(), 0.7543604917612514, rtol=1e-5)
+    np.testing.assert_allclose(grad[4] / 5, [0.05625, -0.16875, 0.05625, 0.05625], rtol=1e-5)
+    np.testing.assert_allclose(grad[0] / 5, [0.05008171530505075, 0.006319304657451728,
+                                             -0.0781245219203523, 0.021723501957849813],
+                               rtol=1e-5)
+
+
+def test_segmentation_weight_mean_pinned_to_pytorch():
+    """(1, 3, 2, 2) scores, ignore_index=255, weight=[1, 4, .25], reduction='mean'."""
+    pred = ((np.arange(12).reshape(1, 3, 2, 2) * 0.37) % 1.3 - 0.5).astype(np.float32)
+    label = np.array([[[0, 255], [2, 1]]], np.float32)
+    loss_fn = WeightedSoftmaxCELoss([1.0, 4.0, 0.25], axis=1, ignore_label=255,
+                                    normalization="weight")
+    value, grad = run_loss(loss_fn, pred, label)
+    np.testing.assert_allclose(value.mean(), 0.8771488227482394, rtol=1e-5)
+    torch_grad = [[[[-0.13801131338189335, 0.0], [0.01311621927357428, 0.2944166684901314]],
+                   [[0.06281186181134427, 0.0], [0.01570296545283606, -0.4094240143958987]],
+                   [[0.0751994515705491, 0.0], [-0.02881918472641034, 0.11500734590576735]]]]
+    np.testing.assert_allclose(grad, torch_grad, rtol=1e-5, atol=1e-7)
