@@ -23,10 +23,10 @@ import mxnet as mx
 from mxnet import gluon, nd
 from mxnet.gluon.loss import Loss
 
-from .checks import (apply_scalar_weight, check_float, check_ignore_label, check_int,
-                     check_labels, check_shape, invalid_label_mask, poison_invalid)
+from .checks import (check_float, check_ignore_label, check_int, check_labels, check_shape,
+                     poison_invalid)
 
-__all__ = ["CenterLoss", "CenterTrainer", "center_loss", "apply_center_update"]
+__all__ = ["CenterLoss", "CenterTrainer", "center_loss", "apply_center_update", "eq4_rows"]
 
 
 def center_loss(F, features, label, centers, center_counts, num_classes, feature_dim,
@@ -40,57 +40,89 @@ def center_loss(F, features, label, centers, center_counts, num_classes, feature
     :class:`CenterTrainer`. Labels outside ``[0, num_classes)`` that are not
     ``ignore_label`` give NaN.
     """
-    invalid = invalid_label_mask(F, label, num_classes, ignore_label)
-    keep = invalid == 0
-    if ignore_label is not None:
-        keep = keep * (label != ignore_label)
-    # Ignored and invalid positions read row 0 so Embedding never sees an index it
-    # would clip; every use below masks them out with `where`, which (unlike a
-    # multiply) also keeps a NaN feature there from leaking into the sums.
-    index = F.where(keep, label, F.zeros_like(label))
+    # Ignored positions point at class 0 and invalid ones at the nearest class, so
+    # Embedding never sees an index it would clip; `keep` masks both out below.
+    if ignore_label is None:
+        index = F.clip(label, 0, num_classes - 1)
+        keep = index == label
+    else:
+        not_ignored = label != ignore_label
+        label = label * not_ignored
+        index = F.clip(label, 0, num_classes - 1)
+        keep = (index == label) * not_ignored
+    invalid = index != label
     center = F.Embedding(index, centers, input_dim=num_classes, output_dim=feature_dim,
                          sparse_grad=True)
     count = F.Embedding(index, center_counts, input_dim=num_classes, output_dim=1,
                         sparse_grad=True)
 
-    diff = features - F.BlockGrad(center)
-    value = apply_scalar_weight(0.5 * F.sum(F.square(diff), axis=1), weight)
-    value = F.where(keep, value, F.zeros_like(value))
+    fixed_center = F.BlockGrad(center)
+    # Masked positions see their own center instead of their features: zero loss,
+    # zero gradient both ways, even when such a feature is NaN.
+    diff = F.where(keep, features, fixed_center) - fixed_center
+    value = F.sum(F.square(diff), axis=1) * (0.5 * weight)
 
     # Zero-valued carrier: d/dc = (c - x) per kept sample, d/dn = 1 per kept sample.
-    pull = F.BlockGrad(F.where(keep, -diff, F.zeros_like(diff)))
-    carrier = F.sum(center * pull, axis=1) + F.where(keep, F.sum(count, axis=1),
-                                                     F.zeros_like(value))
+    carrier = (F.reshape(count, shape=(-1,)) * keep
+               - F.sum(center * F.BlockGrad(diff), axis=1))
     value = value + (carrier - F.BlockGrad(carrier))
-    # The mask has the label's dtype (often int); the loss needs it in its own.
-    return poison_invalid(F, value, F.where(invalid, F.ones_like(value), F.zeros_like(value)))
+    return poison_invalid(F, value, invalid)
 
 
-def apply_center_update(weight, counts, indices, numerator, batch_counts, alpha):
-    """Apply Eq. 4 to the rows ``indices`` of ``weight`` in place; count them in ``counts``.
+def eq4_rows(F, old, old_counts, numerator, batch_counts, alpha):
+    """New values of the listed rows of the centers and counts under Eq. 4.
 
-    ``numerator`` is ``(R, D)``: :math:`\\sum_{i: y_i=j}(c_j - x_i)` for each listed row,
-    ``batch_counts`` ``(R, 1)``: :math:`n_j`. A row whose step is not finite (a NaN or
-    Inf feature in the batch) is left as it is, and not counted. Only the listed rows
-    are read or written, so the cost does not depend on the number of classes.
+    ``old`` ``(R, D)`` and ``old_counts`` ``(R, 1)`` are the rows' current values,
+    ``numerator`` ``(R, D)`` is :math:`\\sum_{i: y_i=j}(c_j - x_i)` and ``batch_counts``
+    ``(R, 1)`` is :math:`n_j`. A row whose step is not finite (a NaN or Inf feature
+    of that class in the batch) keeps its old value and count.
     """
-    step = nd.broadcast_div(numerator * alpha, batch_counts + 1)
-    finite = nd.min(nd.contrib.isfinite(step), axis=1, keepdims=True)
-    step = nd.where(nd.broadcast_like(finite, step), step, nd.zeros_like(step))
-    # sgd_update with lr=1, wd=0, rescale=1 computes exactly w - step, and with a
-    # row_sparse step and lazy_update it touches only the listed rows.
-    sparse_step = nd.sparse.row_sparse_array((step, indices), shape=weight.shape,
-                                             ctx=weight.context, dtype=weight.dtype)
-    nd.sgd_update(weight, sparse_step, lr=1.0, wd=0.0, rescale_grad=1.0,
-                  lazy_update=True, out=weight)
-    count_step = nd.sparse.row_sparse_array((-batch_counts * finite, indices),
-                                            shape=counts.shape, ctx=counts.context,
-                                            dtype=counts.dtype)
-    nd.sgd_update(counts, count_step, lr=1.0, wd=0.0, rescale_grad=1.0,
-                  lazy_update=True, out=counts)
+    step = F.broadcast_mul(numerator, alpha / (batch_counts + 1))
+    finite = (F.sum(step, axis=1) * 0) == 0
+    return (F.where(finite, old - step, old),
+            F.where(finite, old_counts + batch_counts, old_counts))
 
 
-# Labels are carried as float32, exact for integers up to 2**24.
+class _Eq4Rows(gluon.HybridBlock):
+    def __init__(self, alpha, **kwargs):
+        super().__init__(**kwargs)
+        self._alpha = alpha
+
+    def hybrid_forward(self, F, weight, counts, rows, numerator, batch_counts):
+        return eq4_rows(F, F.take(weight, rows), F.take(counts, rows), numerator,
+                        batch_counts, self._alpha)
+
+
+_EQ4_BLOCKS = {}
+
+
+def apply_center_update(weight, counts, rows, numerator, batch_counts, alpha):
+    """Apply Eq. 4 in place to the rows ``rows`` of ``weight`` and count them in ``counts``.
+
+    ``weight`` ``(K, D)`` and ``counts`` ``(K, 1)`` are dense NDArrays; ``rows`` ``(R,)``
+    holds distinct class ids, ``numerator`` ``(R, D)`` and ``batch_counts`` ``(R, 1)``
+    their summed gradients (see :func:`eq4_rows`). Only the listed rows are read or
+    written, so the cost does not depend on the number of classes. This is the whole
+    update; a custom data-parallel setup (e.g. Horovod) can call it after summing the
+    two gradients itself.
+    """
+    block = _EQ4_BLOCKS.get(alpha)
+    if block is None:
+        # One fused graph instead of a dozen imperative calls: per-call overhead,
+        # not arithmetic, is what a small batch pays for.
+        block = _EQ4_BLOCKS[alpha] = _Eq4Rows(alpha)
+        block.hybridize()
+    new_rows, new_counts = block(weight, counts, rows, numerator, batch_counts)
+    # _scatter_set_nd (what NDArray.__setitem__ uses for index arrays) writes only
+    # the listed rows of `out`, in place.
+    index = rows.reshape((1, -1))
+    nd._internal._scatter_set_nd(lhs=weight, rhs=new_rows, indices=index,
+                                 shape=weight.shape, out=weight)
+    nd._internal._scatter_set_nd(lhs=counts, rhs=new_counts, indices=index,
+                                 shape=counts.shape, out=counts)
+
+
+# Labels travel in the features' dtype; float32 holds integers exactly up to 2**24.
 _MAX_CLASSES = 2 ** 24
 
 # Keys 0 and 1 hold centers and counts (gluon.Trainer's numbering); 2 is the summed
@@ -119,23 +151,44 @@ class CenterTrainer(gluon.Trainer):
         Center learning rate in (0, 1]. Settable later through ``trainer.alpha``.
     kvstore : str or KVStore or None
         As for ``gluon.Trainer``. Used only with several contexts or a ``dist`` type.
+    allreduce : callable or None
+        For data parallelism outside kvstore (Horovod): ``allreduce(array)`` must sum
+        the dense ``array`` over all workers in place, e.g.
+        ``lambda a: hvd.allreduce_(a, average=False)``. One context per process;
+        ``kvstore`` is then not used.
     """
 
     def __init__(self, centers, center_counts, alpha=0.5, kvstore='device',
-                 compression_params=None, update_on_kvstore=None):
+                 compression_params=None, update_on_kvstore=None, allreduce=None):
+        if allreduce is not None and not callable(allreduce):
+            raise ValueError("allreduce must be a callable that sums an NDArray over "
+                             "workers in place, got %r" % (allreduce,))
+        self._allreduce = allreduce
         if update_on_kvstore:
             raise ValueError("update_on_kvstore must be None or False for CenterTrainer: "
                              "Eq. 4 needs the summed gradients on the workers")
         if compression_params is not None:
             raise ValueError("compression_params is not supported by CenterTrainer: "
                              "compressed gradients would make Eq. 4 inexact")
-        self.alpha = check_float("alpha", alpha, 0.0, 1.0, low_open=True)
+        self.alpha = alpha
         # The optimizer is never called; gluon.Trainer wants one to exist.
         super().__init__([centers, center_counts], "sgd", {"learning_rate": 0.0},
                          kvstore=kvstore, update_on_kvstore=False)
+        if allreduce is not None and len(self._contexts) != 1:
+            raise ValueError("allreduce needs the centers on one context per process, "
+                             "got %s" % (self._contexts,))
+
+    @property
+    def alpha(self):
+        """Center learning rate of Eq. 4, in (0, 1]."""
+        return self._alpha
+
+    @alpha.setter
+    def alpha(self, value):
+        self._alpha = check_float("alpha", value, 0.0, 1.0, low_open=True)
 
     def _init_kvstore(self):
-        kvstore = self._kvstore_params["kvstore"]
+        kvstore = None if self._allreduce else self._kvstore_params["kvstore"]
         if isinstance(kvstore, str):
             if "dist" in kvstore or len(self._contexts) > 1:
                 kvstore = mx.kv.create(kvstore)
@@ -193,9 +246,9 @@ class CenterTrainer(gluon.Trainer):
         centers, counts = self._params
         grads, count_grads = centers.list_grad(), counts.list_grad()
         kv = self._kvstore
-        if kv is None:
+        if kv is None and self._allreduce is None:
             return [(g.indices, g.data, n.data) for g, n in zip(grads, count_grads)]
-        if not self._distributed:
+        if kv is not None and not self._distributed:
             # Local kvstores sum row_sparse pushes and hand the sum back on pull; both
             # keys receive the same index sets, so the two sums share their rows.
             kv.push(0, grads, priority=0)
@@ -205,30 +258,34 @@ class CenterTrainer(gluon.Trainer):
             return [(g.indices, g.data, n.data) for g, n in zip(grads, count_grads)]
         # Across workers, MXNet's parameter server sums row_sparse pushes only through
         # an optimizer running on the server, and cannot hand a summed row_sparse
-        # gradient back. So numerator and counts travel as one dense (K, D+1) array,
-        # which the server sums without any updater; its nonzero-count rows are the
-        # union of the workers' classes. This costs K*(D+1) floats per worker and
-        # step; the single-process paths above stay sparse.
+        # gradient back; Horovod's allreduce is dense too. So numerator and counts
+        # travel as one dense (K, D+1) array; its nonzero-count rows are the union of
+        # the workers' classes. This costs K*(D+1) floats per worker and step; the
+        # single-process paths above stay sparse.
         merged = [nd.concat(g.tostype("default"), n.tostype("default"), dim=1)
                   for g, n in zip(grads, count_grads)]
-        if not self._dist_key_ready:
-            kv.init(_DIST_GRAD_KEY, nd.zeros_like(merged[0]))
-            self._dist_key_ready = True
-        kv.push(_DIST_GRAD_KEY, merged, priority=0)
-        kv.pull(_DIST_GRAD_KEY, merged, priority=0)
-        reduced = []
-        for m in merged:
-            dim = m.shape[1] - 1
-            rows = nd.contrib.boolean_mask(
-                nd.arange(m.shape[0], ctx=m.context, dtype="int64"),
-                nd.slice_axis(m, axis=1, begin=dim, end=None).reshape((-1,)) > 0)
-            if rows.shape[0] == 0:  # every position of the global batch was ignored
-                reduced.append(None)
-                continue
-            picked = nd.take(m, rows)
-            reduced.append((rows, nd.slice_axis(picked, axis=1, begin=0, end=dim),
-                            nd.slice_axis(picked, axis=1, begin=dim, end=None)))
-        return reduced
+        if self._allreduce is not None:
+            self._allreduce(merged[0])
+        else:
+            if not self._dist_key_ready:
+                kv.init(_DIST_GRAD_KEY, nd.zeros_like(merged[0]))
+                self._dist_key_ready = True
+            kv.push(_DIST_GRAD_KEY, merged, priority=0)
+            kv.pull(_DIST_GRAD_KEY, merged, priority=0)
+        return [_rows_of_dense_sum(m) for m in merged]
+
+
+def _rows_of_dense_sum(merged):
+    """(rows, numerator rows, count rows) of a summed dense [numerator | counts]."""
+    dim = merged.shape[1] - 1
+    rows = nd.contrib.boolean_mask(
+        nd.arange(merged.shape[0], ctx=merged.context, dtype="int64"),
+        nd.slice_axis(merged, axis=1, begin=dim, end=None).reshape((-1,)) > 0)
+    if rows.shape[0] == 0:  # every position of the global batch was ignored
+        return None
+    picked = nd.take(merged, rows)
+    return (rows, nd.slice_axis(picked, axis=1, begin=0, end=dim),
+            nd.slice_axis(picked, axis=1, begin=dim, end=None))
 
 
 class CenterLoss(Loss):
@@ -307,7 +364,7 @@ class CenterLoss(Loss):
                  batch_axis=0, **kwargs):
         self._num_classes = check_int("num_classes", num_classes, 1)
         if self._num_classes > _MAX_CLASSES:
-            raise ValueError("num_classes must be <= %d (labels travel as float32), got %d"
+            raise ValueError("num_classes must be <= %d (labels travel as float32 ids), got %d"
                              % (_MAX_CLASSES, self._num_classes))
         self._feature_dim = check_int("feature_dim", feature_dim, 1)
         self._alpha = check_float("alpha", alpha, 0.0, 1.0, low_open=True)
@@ -373,8 +430,8 @@ class CenterLoss(Loss):
         if not self._active:
             # Imperative mode only: reading labels back is the price of a clear error.
             check_labels(label, self._num_classes, self._ignore_label)
-        # One label dtype for every graph; float32 holds class ids exactly below 2**24.
-        return label if label.dtype == np.float32 else label.astype(np.float32)
+        # Masks built from the label multiply the loss, so they share its dtype.
+        return label if label.dtype == features.dtype else label.astype(features.dtype)
 
     def hybrid_forward(self, F, features, label, centers, center_counts):
         if self._batch_axis == 1:

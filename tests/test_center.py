@@ -269,6 +269,22 @@ def test_multi_context_copies_identical_and_equal_to_single(kvstore):
         np.testing.assert_allclose(copies[0], ref, rtol=1e-5, atol=1e-6)
 
 
+def test_allreduce_hook_for_horovod_style_data_parallelism():
+    # Stand-in for hvd.allreduce_(a, average=False) with two workers holding the same
+    # half batch: the sum is twice the local array, i.e. the batch seen twice.
+    batches = random_batches(3, 8, 4, [-1, 0, 1, 1, 3], seed=13)
+    loss = make_loss(7, 4, alpha=0.5, ignore_label=-1)
+    trainer = loss.trainer(allreduce=lambda array: array.__imul__(2))
+    ref = np.zeros((7, 4))
+    for x, y in batches:
+        run_step(loss, trainer, x, y)
+        ref = eq4_reference(ref, np.concatenate([x, x]), np.concatenate([y, y]), 0.5,
+                            ignore_label=-1)
+        np.testing.assert_allclose(loss.centers.data().asnumpy(), ref, rtol=1e-5, atol=1e-6)
+    with pytest.raises(ValueError, match="allreduce"):
+        loss.trainer(allreduce="hvd")
+
+
 # ------------------------------------------------------------- dist_sync --
 
 def _free_port():
