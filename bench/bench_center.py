@@ -1,0 +1,221 @@
+"""Step time of CenterLoss against the two usual ways of writing center loss in MXNet.
+
+One step is what a training iteration pays for the loss: forward inside
+``autograd.record()``, backward, and the center update. The features are a leaf
+array standing in for the network's output, so the network's own cost (the same for
+every contender, and independent of K) does not dilute the ratios.
+
+Contenders, timed in one process, interleaved round-robin so machine noise hits all
+of them alike; every figure is a median over the rounds:
+
+* ``CenterLoss``: this package, hybridized, with ``loss.trainer().step``.
+* ``loop CustomOp``: the common MXNet recipe, a ``CustomOp`` keeping the centers in
+  an auxiliary state and looping over the samples in Python (host sync included).
+* ``distance matrix``: ``||x||^2 + ||c||^2 - 2 x c^T`` (B x K), masked by one-hot
+  labels, with the centers learned by SGD (lr = alpha) as in the popular PyTorch
+  version, hybridized.
+
+    python -m bench.bench_center [--rounds 7] [--quick]
+"""
+import argparse
+import time
+
+import numpy as np
+import mxnet as mx
+from mxnet import autograd, gluon, nd
+
+from gluon_losses import CenterLoss
+
+ALPHA = 0.5
+CASES = [  # (name, batch, feature_dim, num_classes)
+    ("MNIST-like B=256 D=2 K=10", 256, 2, 10),
+    ("B=512 D=512 K=10000", 512, 512, 10000),
+    ("B=512 D=512 K=100000", 512, 512, 100000),
+]
+# CenterLoss alone at these K (B=512, D=512): the flatness check of the issue.
+SCALE_KS = (1000, 100000)
+
+
+class LoopCenterLossOp(mx.operator.CustomOp):
+    """Center loss the usual CustomOp way: per-sample Python loops over NDArray rows."""
+
+    def __init__(self, alpha):
+        super().__init__()
+        self.alpha = alpha
+        self.diff = None
+
+    def forward(self, is_train, req, in_data, out_data, aux):
+        x, center = in_data[0], aux[0]
+        labels = in_data[1].asnumpy().astype(int)
+        self.diff = nd.zeros_like(x)
+        for i, j in enumerate(labels):
+            self.diff[i] = x[i] - center[int(j)]
+        self.assign(out_data[0], req[0], 0.5 * nd.sum(nd.square(self.diff), axis=1))
+
+    def backward(self, req, out_grad, in_data, out_data, in_grad, aux):
+        labels = in_data[1].asnumpy().astype(int)
+        center = aux[0]
+        self.assign(in_grad[0], req[0], self.diff * out_grad[0].expand_dims(1))
+        self.assign(in_grad[1], req[1], nd.zeros_like(in_data[1]))
+        sums, counts = {}, {}
+        for i, j in enumerate(labels):
+            j = int(j)
+            sums[j] = sums[j] + self.diff[i] if j in sums else self.diff[i].copy()
+            counts[j] = counts.get(j, 0) + 1
+        for j, total in sums.items():
+            # c_j - alpha * sum(c_j - x_i) / (1 + n_j), with diff = x - c
+            center[j] = center[j] + self.alpha * total / (1.0 + counts[j])
+
+
+@mx.operator.register("bench_loop_center_loss")
+class LoopCenterLossProp(mx.operator.CustomOpProp):
+    def __init__(self, num_classes, alpha=ALPHA):
+        super().__init__(need_top_grad=True)
+        self.num_classes = int(num_classes)
+        self.alpha = float(alpha)
+
+    def list_arguments(self):
+        return ["data", "label"]
+
+    def list_outputs(self):
+        return ["output"]
+
+    def list_auxiliary_states(self):
+        return ["center"]
+
+    def infer_shape(self, in_shape):
+        data = in_shape[0]
+        return in_shape, [(data[0],)], [(self.num_classes, data[1])]
+
+    def create_operator(self, ctx, shapes, dtypes):
+        return LoopCenterLossOp(self.alpha)
+
+
+class LoopCenterLoss:
+    def __init__(self, num_classes, feature_dim):
+        self.center = nd.zeros((num_classes, feature_dim))
+
+    def step(self, x, label):
+        with autograd.record():
+            out = nd.Custom(x, label, self.center, op_type="bench_loop_center_loss",
+                            num_classes=self.center.shape[0], alpha=ALPHA)
+        out.backward()
+        self.center.wait_to_read()
+
+
+class DistanceMatrixCenterLoss(gluon.HybridBlock):
+    def __init__(self, num_classes, feature_dim, **kwargs):
+        super().__init__(**kwargs)
+        self._num_classes = num_classes
+        with self.name_scope():
+            self.centers = self.params.get("centers", shape=(num_classes, feature_dim),
+                                           init=mx.init.Zero())
+
+    def hybrid_forward(self, F, x, label, centers):
+        dist = F.broadcast_add(
+            F.broadcast_add(-2 * F.dot(x, centers, transpose_b=True),
+                            F.sum(F.square(x), axis=1, keepdims=True)),
+            F.sum(F.square(centers), axis=1).expand_dims(0))
+        mask = F.one_hot(label, self._num_classes)
+        return 0.5 * F.sum(dist * mask, axis=1)
+
+
+class DistanceMatrix:
+    def __init__(self, num_classes, feature_dim):
+        self.loss = DistanceMatrixCenterLoss(num_classes, feature_dim)
+        self.loss.initialize()
+        self.loss.hybridize()
+        self.trainer = gluon.Trainer(self.loss.collect_params(), "sgd",
+                                     {"learning_rate": ALPHA})
+
+    def step(self, x, label):
+        with autograd.record():
+            out = self.loss(x, label)
+        out.backward()
+        self.trainer.step(x.shape[0])
+        self.loss.centers.data().wait_to_read()
+
+
+class Ours:
+    def __init__(self, num_classes, feature_dim):
+        self.loss = CenterLoss(num_classes, feature_dim, alpha=ALPHA)
+        self.loss.initialize()
+        self.loss.hybridize()
+        self.trainer = self.loss.trainer()
+
+    def step(self, x, label):
+        with autograd.record():
+            out = self.loss(x, label)
+        out.backward()
+        self.trainer.step(x.shape[0])
+        self.loss.centers.data().wait_to_read()
+
+
+def _batch(batch, feature_dim, num_classes, seed=0):
+    rng = np.random.RandomState(seed)
+    x = nd.array(rng.randn(batch, feature_dim))
+    x.attach_grad()
+    return x, nd.array(rng.randint(0, num_classes, batch))
+
+
+def _timed(step, x, label):
+    start = time.perf_counter()
+    step(x, label)
+    x.grad.wait_to_read()
+    return time.perf_counter() - start
+
+
+def run_interleaved(contenders, rounds):
+    """contenders: {name: (step, x, label)} -> {name: median seconds}."""
+    for step, x, label in contenders.values():  # warm-up: graph building, allocation
+        step(x, label)
+    times = {name: [] for name in contenders}
+    for _ in range(rounds):
+        for name, (step, x, label) in contenders.items():
+            times[name].append(_timed(step, x, label))
+    return {name: float(np.median(t)) for name, t in times.items()}
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--rounds", type=int, default=7)
+    parser.add_argument("--quick", action="store_true",
+                        help="3 rounds, and the baselines only at the two smaller sizes")
+    args = parser.parse_args(argv)
+    rounds = 3 if args.quick else args.rounds
+    print("mxnet %s, %d rounds, median ms per step (forward + backward + center update)\n"
+          % (mx.__version__, rounds))
+    header = "| case | CenterLoss | loop CustomOp | distance matrix | loop / ours | matrix / ours |"
+    print(header)
+    print("|" + "---|" * 6)
+    for index, (name, batch, dim, classes) in enumerate(CASES):
+        x, label = _batch(batch, dim, classes)
+        contenders = {"ours": (Ours(classes, dim).step, x, label)}
+        if not (args.quick and index == len(CASES) - 1):
+            contenders["loop"] = (LoopCenterLoss(classes, dim).step, x, label)
+            contenders["matrix"] = (DistanceMatrix(classes, dim).step, x, label)
+        med = run_interleaved(contenders, rounds)
+        ours = med["ours"]
+
+        def cell(key):
+            return "%.2f" % (med[key] * 1e3) if key in med else "skipped"
+
+        def ratio(key):
+            return "%.0fx" % (med[key] / ours) if key in med else "-"
+
+        print("| %s | %.2f | %s | %s | %s | %s |" % (
+            name, ours * 1e3, cell("loop"), cell("matrix"), ratio("loop"), ratio("matrix")))
+        del contenders
+
+    contenders = {}
+    for classes in SCALE_KS:
+        x, label = _batch(512, 512, classes, seed=1)
+        contenders[classes] = (Ours(classes, 512).step, x, label)
+    med = run_interleaved(contenders, max(rounds, 5) * 2)
+    low, high = SCALE_KS
+    print("\nCenterLoss B=512 D=512: K=%d %.2f ms, K=%d %.2f ms, ratio %.2fx (target <= 3x)"
+          % (low, med[low] * 1e3, high, med[high] * 1e3, med[high] / med[low]))
+
+
+if __name__ == "__main__":
+    main()
