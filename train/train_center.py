@@ -159,8 +159,11 @@ def resolve_args(argv=None):
         changed = sorted(k for k, v in given.items()
                          if k not in RUNTIME_FLAGS and k in saved and saved[k] != v)
         if changed:
-            raise SystemExit("--resume keeps the run's experiment settings; %s differ from %s"
-                             % (", ".join("--" + k.replace("_", "-") for k in changed), saved_path))
+            raise SystemExit(
+                "--resume continues the experiment saved in %s; these flags differ from it: %s "
+                "(start a new run with --out to change them)" % (saved_path, ", ".join(
+                    "--%s %s (saved: %s)" % ("lambda" if k == "lam" else k.replace("_", "-"),
+                                             given[k], saved[k]) for k in changed)))
         args.update({k: v for k, v in saved.items() if k in DEFAULTS})
         args["out"] = given.get("out", given["resume"])
     args.update(given)

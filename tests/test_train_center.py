@@ -1,0 +1,147 @@
+"""Smoke tests of train/train_center.py: outputs, resume, devices, imbalance, data errors."""
+import json
+import math
+import os
+import subprocess
+import sys
+
+import numpy as np
+import mxnet as mx
+import pytest
+
+from train import center_data
+from train.train_center import main
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+# A small network and a few batches keep each run to a few seconds.
+TINY = ["--channels", "4,8,8", "--convs-per-stage", "1", "--batch-size", "32", "--quiet"]
+OUTPUTS = ["args.json", "metrics.json", "train.log", "features_softmax.png",
+           "features_center.png", "loss_curves.png", "softmax-net.params", "center-net.params",
+           "centers.params", "checkpoints/checkpoint.json"]
+
+
+def run(out, *extra):
+    return main(["--out", str(out)] + TINY + list(extra))
+
+
+def params_of(out):
+    """Every saved parameter of the run in ``out`` (networks, centers, center counts)."""
+    arrays = {}
+    for name in ("softmax-net", "center-net"):
+        for key, value in mx.nd.load(os.path.join(out, name + ".params")).items():
+            arrays[name + "/" + key] = value.asnumpy()
+    for key, value in mx.nd.load(os.path.join(out, "centers.params")).items():
+        arrays["centers/" + key] = value.asnumpy()
+    return arrays
+
+
+def test_smoke_writes_every_output_with_finite_metrics(tmp_path):
+    metrics = run(tmp_path, "--epochs", "2", "--max-batches", "3")
+    for name in OUTPUTS:
+        assert (tmp_path / name).is_file(), name
+        assert (tmp_path / name).stat().st_size > 0, name
+    saved = json.loads((tmp_path / "metrics.json").read_text())
+    assert saved["train_counts"] == metrics["train_counts"]
+    for model in ("softmax", "center"):
+        for key in ("test_accuracy", "balanced_accuracy", "compactness",
+                    "compactness_class_means", "nearest_center_accuracy"):
+            assert math.isfinite(saved[model][key]), (model, key)
+        assert np.isfinite(np.array(saved[model]["centers"])).all()
+        assert np.array(saved[model]["centers"]).shape == (10, 2)
+    assert saved["softmax"]["centers_source"] == "class means of training features"
+    assert saved["center"]["centers_source"] == "learned CenterLoss centers"
+    assert sum(saved["train_counts"]) == 1347 and sum(saved["test_counts"]) == 450
+    assert [h["epoch"] for h in saved["history"]] == [1, 2]
+    # the learned centers are the ones saved with the parameters
+    centers = mx.nd.load(str(tmp_path / "centers.params"))
+    key = [k for k in centers if k.endswith("centers")][0]
+    np.testing.assert_array_equal(centers[key].asnumpy(), np.array(saved["center"]["centers"],
+                                                                    dtype=np.float32))
+    # only the last epoch's checkpoint files are kept
+    ckpt = sorted(os.listdir(tmp_path / "checkpoints"))
+    assert all("0001" not in name for name in ckpt), ckpt
+
+
+def test_resume_continues_exactly(tmp_path):
+    straight, split = tmp_path / "straight", tmp_path / "split"
+    common = ["--max-batches", "4", "--lr-steps", "1", "--seed", "3"]
+    run(straight, "--epochs", "2", *common)
+    run(split, "--epochs", "1", *common)
+    first = params_of(split)
+    resumed = main(["--resume", str(split), "--epochs", "2", "--quiet"])
+    assert [h["epoch"] for h in resumed["history"]] == [1, 2]
+    a, b = params_of(straight), params_of(split)
+    assert sorted(a) == sorted(b) and len(a) >= 10
+    for key in a:
+        np.testing.assert_array_equal(a[key], b[key], err_msg=key)
+    # and the resumed epoch really trained (centers moved on from epoch 1)
+    center_key = [k for k in a if k.startswith("centers/") and k.endswith("centers")][0]
+    assert not np.array_equal(first[center_key], b[center_key])
+    hist_a = json.loads((straight / "metrics.json").read_text())["history"]
+    hist_b = json.loads((split / "metrics.json").read_text())["history"]
+    for ha, hb in zip(hist_a, hist_b):
+        assert ha["softmax"] == hb["softmax"] and ha["center"] == hb["center"]
+
+
+def test_resume_refuses_changed_experiment(tmp_path):
+    run(tmp_path, "--epochs", "1", "--max-batches", "1")
+    with pytest.raises(SystemExit, match="--lambda"):
+        main(["--resume", str(tmp_path), "--lambda", "0.5", "--epochs", "2"])
+
+
+def test_two_cpu_contexts_kvstore_and_imbalance(tmp_path):
+    metrics = run(tmp_path, "--epochs", "1", "--max-batches", "3", "--ctx", "cpu:0,cpu:1",
+                  "--kvstore", "local", "--imbalance", "5", "--no-hybridize")
+    counts = metrics["train_counts"]
+    assert metrics["class_weight"] == "inverse"
+    assert metrics["minority_classes"] == [5, 6, 7, 8, 9]
+    assert max(counts[5:]) * 4 < min(counts[:5])              # 1/5 of the minority kept
+    weights = np.array(metrics["class_weights"])
+    assert np.all(weights[5:] > 3 * weights[:5].max())
+    for model in ("softmax", "center"):
+        assert math.isfinite(metrics[model]["minority_accuracy"])
+        assert math.isfinite(metrics[model]["compactness"])
+
+
+def test_mnist_missing_files_say_what_to_put_where(tmp_path):
+    with pytest.raises(center_data.DataError) as err:
+        main(["--dataset", "mnist", "--data-dir", str(tmp_path), "--out", str(tmp_path / "o")])
+    message = str(err.value)
+    for name in center_data.MNIST_FILES["mnist"]:
+        assert name in message
+    assert str(tmp_path) in message and "Nothing is downloaded" in message
+    with pytest.raises(center_data.DataError, match="--data-dir"):
+        center_data.load("fashion-mnist", None, 28)
+
+
+def test_mnist_reads_local_files_through_gluon_without_download(tmp_path, monkeypatch):
+    import mxnet.gluon.utils as gluon_utils
+
+    def no_network(*args, **kwargs):
+        raise AssertionError("tried to download %r" % (args,))
+    # gluon's reader still calls gluon.utils.download, which must find the files valid
+    # and return without touching the network
+    monkeypatch.setattr(gluon_utils.requests, "get", no_network)
+    rng = np.random.RandomState(0)
+    for prefix, n in (("train", 40), ("t10k", 20)):
+        labels = np.arange(n) % 10
+        images = (rng.rand(n, 28, 28) * 80).astype(np.uint8)
+        center_data.write_idx_gz(tmp_path / ("%s-images-idx3-ubyte.gz" % prefix), images)
+        center_data.write_idx_gz(tmp_path / ("%s-labels-idx1-ubyte.gz" % prefix), labels)
+    (x_tr, y_tr), (x_te, y_te) = center_data.load("mnist", str(tmp_path), 16)
+    assert x_tr.shape == (40, 1, 16, 16) and x_te.shape == (20, 1, 16, 16)
+    assert y_tr.tolist() == (np.arange(40) % 10).tolist()
+    assert 0.0 <= x_tr.min() and x_tr.max() <= 1.0
+    metrics = main(["--dataset", "mnist", "--data-dir", str(tmp_path), "--size", "16",
+                    "--out", str(tmp_path / "run"), "--epochs", "1"] + TINY)
+    assert metrics["train_counts"] == [4] * 10
+
+
+@pytest.mark.parametrize("entry", [["train/train_center.py"], ["-m", "train.train_center"]])
+def test_runs_as_script_and_as_module(entry):
+    out = subprocess.run([sys.executable] + entry + ["--help"], cwd=ROOT, capture_output=True,
+                         text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    for flag in ("--lambda", "--alpha", "--resume", "--imbalance", "--kvstore", "--gpus",
+                 "--hybridize", "--seed", "--quiet", "--dataset", "--data-dir"):
+        assert flag in out.stdout
