@@ -152,6 +152,8 @@ def test_smoke_train_checkpoint_resume_export(tmp_path, shapes_root):
     assert os.path.getsize(str(tmp_path / "boxes.png")) > 0
     for name, score, box in found:
         assert name in meta["classes"] and 0.0 <= score <= 1.0 and len(box) == 4
+    lines = T.summarize([out])
+    assert len(lines) == 3 and lines[0].startswith("| run | RCNN cls loss") and "mAP" in lines[0]
     assert time.time() - tic < 60
 
 

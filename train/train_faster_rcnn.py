@@ -86,14 +86,19 @@ def parse_args(argv=None):
                    help="effective-number beta (Cui et al. 2019)")
     g.add_argument("--background-weight", type=float, default=1.0,
                    help="weight of class 0 (background) in the RCNN classification loss")
+    g.add_argument("--weight-scale", choices=("counted-mean", "library"), default="counted-mean",
+                   help="'counted-mean': rescale the foreground weights so that their mean over "
+                        "training instances is 1 (foreground vs background balance unchanged, "
+                        "only the split among foreground classes moves); 'library': as "
+                        "gluon_losses.class_weights returns them")
 
     g = p.add_argument_group("optimisation")
-    g.add_argument("--epochs", type=int, default=14)
+    g.add_argument("--epochs", type=int, default=10)
     g.add_argument("--batch-size", type=int, default=2, help="images per device per step")
     g.add_argument("--optimizer", default="sgd")
     g.add_argument("--lr", type=float, default=0.02, help="learning rate")
     g.add_argument("--lr-decay", type=float, default=0.1)
-    g.add_argument("--lr-decay-epoch", default="10,13", help="epochs at which lr *= lr-decay")
+    g.add_argument("--lr-decay-epoch", default="7,9", help="epochs at which lr *= lr-decay")
     g.add_argument("--lr-warmup", type=int, default=100, help="linear warm-up iterations")
     g.add_argument("--momentum", type=float, default=0.9)
     g.add_argument("--wd", type=float, default=1e-4)
@@ -205,6 +210,9 @@ def rcnn_class_weight(args, counts):
         fg = cw.effective_number(counts, beta=args.beta)
     else:
         fg = np.ones(len(counts), dtype=np.float32)
+    if args.weight_scale == "counted-mean":
+        counts = np.asarray(counts, dtype=np.float64)
+        fg = fg * counts.sum() / max(float(np.dot(counts, fg)), 1e-12)
     return np.concatenate([[args.background_weight], fg]).astype(np.float32)
 
 
@@ -217,7 +225,7 @@ def _conv_bn(channels, stride, kernel=3):
     return block
 
 
-def tiny_faster_rcnn(classes, per_device_batch_size=1, short=128, max_size=160, **overrides):
+def tiny_faster_rcnn(classes, per_device_batch_size=1, short=256, max_size=320, **overrides):
     """GluonCV ``FasterRCNN`` around a 4-stage conv backbone (stride 16) for CPUs.
 
     ``overrides`` replace any of the ``FasterRCNN`` keyword arguments set here.
@@ -260,7 +268,7 @@ def _local_base_weights(name, root):
 def build_net(args, classes):
     """The detector, parameters not yet initialized (``init_net`` does that)."""
     if args.network == "tiny":
-        net = tiny_faster_rcnn(classes, args.batch_size, args.short or 128, args.max_size or 160)
+        net = tiny_faster_rcnn(classes, args.batch_size, args.short or 256, args.max_size or 320)
     else:
         pretrained = False
         if args.pretrained_base:
@@ -607,5 +615,56 @@ def main(argv=None):
     return result
 
 
+def summarize(argv=None):
+    """``summarize RUN_DIR... [--plot PNG]``: per-class AP / mAP table of finished runs."""
+    p = argparse.ArgumentParser(prog="python -m train.train_faster_rcnn summarize",
+                                description="Markdown table of per-class AP and mAP of runs.")
+    p.add_argument("runs", nargs="+", help="--out folders holding results.json")
+    p.add_argument("--plot", default=None, help="also plot test mAP against epoch to this PNG")
+    args = p.parse_args(argv)
+    from train.common import read_json
+    results = [(run, read_json(os.path.join(run, "results.json"))) for run in args.runs]
+    classes = results[0][1]["classes"]
+    counts = results[0][1]["train_counts"]
+    header = ["run", "RCNN cls loss"] + ["%s (%d)" % (c, n) for c, n in zip(classes, counts)] \
+        + ["mAP", "wall time"]
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    for run, res in results:
+        a = res["args"]
+        loss = "softmax (unweighted)" if res["rcnn_cls_loss"] == "softmax" else \
+            "weighted, %s%s" % (a["class_weighting"],
+                                " beta=%g" % a["beta"] if a["class_weighting"] == "effective" else "")
+        ap = res["final_ap"]
+        lines.append("| " + " | ".join(
+            [os.path.basename(run.rstrip("/")), loss] + ["%.3f" % ap[c] for c in classes]
+            + ["**%.3f**" % ap["mAP"], "%.0f s" % res["wall_time_s"]]) + " |")
+    print("\n".join(lines))
+    if args.plot:
+        import matplotlib
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+        fig, axes = plt.subplots(1, 2, figsize=(9, 3.2))
+        for run, res in results:
+            pts = [(h["epoch"] + 1, h["ap"]) for h in res["history"] if "ap" in h]
+            label = os.path.basename(run.rstrip("/"))
+            axes[0].plot([e for e, _ in pts], [ap["mAP"] for _, ap in pts], marker="o", label=label)
+            axes[1].plot([e for e, _ in pts], [ap[classes[-1]] for _, ap in pts], marker="o",
+                         label=label)
+        axes[0].set_title("test mAP (VOC07)")
+        axes[1].set_title("test AP of the rarest class (%s)" % classes[-1])
+        for ax in axes:
+            ax.set_xlabel("epoch")
+            ax.grid(alpha=0.3)
+        axes[0].legend(fontsize=7)
+        fig.tight_layout()
+        os.makedirs(os.path.dirname(os.path.abspath(args.plot)), exist_ok=True)
+        fig.savefig(args.plot, dpi=80)
+        print("plot: %s" % args.plot)
+    return lines
+
+
 if __name__ == "__main__":
-    main()
+    if len(sys.argv) > 1 and sys.argv[1] == "summarize":
+        summarize(sys.argv[2:])
+    else:
+        main()
