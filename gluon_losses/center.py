@@ -83,17 +83,25 @@ def eq4_rows(F, old, old_counts, numerator, batch_counts, alpha):
             F.where(finite, old_counts + batch_counts, old_counts))
 
 
-class _Eq4Rows(gluon.HybridBlock):
-    def __init__(self, alpha, **kwargs):
-        super().__init__(**kwargs)
-        self._alpha = alpha
-
-    def hybrid_forward(self, F, weight, counts, rows, numerator, batch_counts):
-        return eq4_rows(F, F.take(weight, rows), F.take(counts, rows), numerator,
-                        batch_counts, self._alpha)
+_EQ4_INPUTS = ("weight", "counts", "rows", "numerator", "batch_counts")
+_EQ4_OPS = {}
 
 
-_EQ4_BLOCKS = {}
+def _eq4_op(alpha):
+    """(CachedOp, input order) computing Eq. 4's new rows, one per alpha.
+
+    One fused graph instead of a dozen imperative calls, and a bare CachedOp instead
+    of a HybridBlock: at small batches, per-call overhead is what the step pays for.
+    """
+    entry = _EQ4_OPS.get(alpha)
+    if entry is None:
+        weight, counts, rows, numerator, batch_counts = (mx.sym.var(n) for n in _EQ4_INPUTS)
+        outputs = eq4_rows(mx.sym, mx.sym.take(weight, rows), mx.sym.take(counts, rows),
+                           numerator, batch_counts, alpha)
+        graph = mx.sym.Group(list(outputs))
+        order = [_EQ4_INPUTS.index(name) for name in graph.list_inputs()]
+        entry = _EQ4_OPS[alpha] = (nd.CachedOp(graph, flags=[("static_alloc", True)]), order)
+    return entry
 
 
 def apply_center_update(weight, counts, rows, numerator, batch_counts, alpha):
@@ -106,13 +114,9 @@ def apply_center_update(weight, counts, rows, numerator, batch_counts, alpha):
     update; a custom data-parallel setup (e.g. Horovod) can call it after summing the
     two gradients itself.
     """
-    block = _EQ4_BLOCKS.get(alpha)
-    if block is None:
-        # One fused graph instead of a dozen imperative calls: per-call overhead,
-        # not arithmetic, is what a small batch pays for.
-        block = _EQ4_BLOCKS[alpha] = _Eq4Rows(alpha)
-        block.hybridize()
-    new_rows, new_counts = block(weight, counts, rows, numerator, batch_counts)
+    op, order = _eq4_op(float(alpha))
+    args = (weight, counts, rows, numerator, batch_counts)
+    new_rows, new_counts = op(*[args[i] for i in order])
     # _scatter_set_nd (what NDArray.__setitem__ uses for index arrays) writes only
     # the listed rows of `out`, in place.
     index = rows.reshape((1, -1))
