@@ -34,11 +34,14 @@ def center_loss(F, features, label, centers, center_counts, num_classes, feature
     r"""Per-sample center loss :math:`\frac{w}{2}\lVert x_i - c_{y_i}\rVert^2`, shape ``(B,)``.
 
     ``F`` is ``mx.nd`` or ``mx.sym``; ``features`` is ``(B, D)``, ``label`` ``(B,)``,
-    ``centers`` ``(K, D)`` and ``center_counts`` ``(K, 1)``. Besides the value, the
-    graph routes :math:`\sum_{i: y_i=j} (c_j - x_i)` (times the head gradient) into the
-    gradient of ``centers`` and :math:`n_j` into that of ``center_counts``; see
-    :class:`CenterTrainer`. Labels outside ``[0, num_classes)`` that are not
-    ``ignore_label`` give NaN.
+    ``centers`` ``(K, D)`` and ``center_counts`` ``(K, 1)``. Labels outside
+    ``[0, num_classes)`` that are not ``ignore_label`` give NaN.
+
+    Besides the value, the graph routes Eq. 4's statistics into gradients (with head
+    gradient 1 per sample; see :class:`CenterTrainer`): ``centers`` gets
+    :math:`\sum_{i: y_i=j} (c_j - x_i)` and ``center_counts`` gets :math:`n_j`, over
+    the samples whose label is kept and whose features are finite. Being gradients,
+    they add up over devices and workers like any other.
     """
     # Ignored positions point at class 0 and invalid ones at the nearest class, so
     # Embedding never sees an index it would clip; `keep` masks both out below.
@@ -62,9 +65,13 @@ def center_loss(F, features, label, centers, center_counts, num_classes, feature
     diff = F.where(keep, features, fixed_center) - fixed_center
     value = F.sum(F.square(diff), axis=1) * (0.5 * weight)
 
-    # Zero-valued carrier: d/dc = (c - x) per kept sample, d/dn = 1 per kept sample.
-    carrier = (F.reshape(count, shape=(-1,)) * keep
-               - F.sum(center * F.BlockGrad(diff), axis=1))
+    # Samples that feed the centers: kept, with finite features (a row sum times 0
+    # is NaN exactly when the row holds a NaN or Inf, or overflows).
+    use = keep * ((F.sum(diff, axis=1) * 0) == 0)
+    pull = F.where(use, diff, F.zeros_like(diff))
+    # Zero-valued carrier: d/dc = (c - x), d/dn = 1 per used sample.
+    carrier = (F.reshape(count, shape=(-1,)) * use
+               - F.sum(center * F.BlockGrad(pull), axis=1))
     value = value + (carrier - F.BlockGrad(carrier))
     return poison_invalid(F, value, invalid)
 

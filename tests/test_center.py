@@ -370,10 +370,31 @@ def test_non_finite_features_never_reach_the_centers(bad, hybridize):
     assert np.isnan(value.mean()) or np.isinf(value.mean())
     centers = loss.centers.data().asnumpy()
     assert np.isfinite(centers).all()
-    # Class 1 (which held the bad feature) stays put; the others follow Eq. 4.
-    ref = eq4_reference(np.zeros((3, 2)), x[[0, 3]], y[[0, 3]], 0.5)
+    # The bad sample is left out of Eq. 4 (and of n_1); class 1 follows its other sample.
+    ref = eq4_reference(np.zeros((3, 2)), x[[0, 2, 3]], y[[0, 2, 3]], 0.5)
     np.testing.assert_allclose(centers, ref, rtol=1e-6)
-    np.testing.assert_array_equal(loss.center_counts.data().asnumpy()[:, 0], [1, 0, 1])
+    np.testing.assert_array_equal(loss.center_counts.data().asnumpy()[:, 0], [1, 1, 1])
+
+
+@pytest.mark.parametrize("kvstore", ["device", "local"])
+def test_non_finite_features_on_one_device_keep_copies_finite_and_equal(kvstore):
+    contexts = [mx.cpu(0), mx.cpu(1)]
+    loss = make_loss(3, 2, ctx=contexts)
+    trainer = loss.trainer(kvstore=kvstore)
+    x = np.array([[1, 2], [3, 4], [np.nan, 0], [5, 6]], np.float32)
+    y = np.array([0, 1, 2, 1], np.float32)  # class 2 has only the bad sample
+    xs = gluon.utils.split_and_load(nd.array(x), contexts)
+    ys = gluon.utils.split_and_load(nd.array(y), contexts)
+    with autograd.record():
+        outs = [loss(a, b) for a, b in zip(xs, ys)]
+    autograd.backward(outs)
+    trainer.step(4)
+    copies = [d.asnumpy() for d in loss.centers.list_data()]
+    np.testing.assert_array_equal(copies[0], copies[1])
+    ref = eq4_reference(np.zeros((3, 2)), x[[0, 1, 3]], y[[0, 1, 3]], 0.5)
+    np.testing.assert_allclose(copies[0], ref, rtol=1e-6)
+    np.testing.assert_array_equal(loss.center_counts.data(mx.cpu(1)).asnumpy()[:, 0], [1, 2, 0])
+    assert np.isnan(outs[1].asnumpy()[0])
 
 
 def test_nan_loss_on_bad_label_in_hybridized_graph():
