@@ -67,11 +67,14 @@ def random_batches(steps, batch, feature_dim, labels, seed=0):
 
 # ------------------------------------------------------------- Eq. 4, value --
 
-@pytest.mark.parametrize("hybridize", [False, True])
+@pytest.mark.parametrize("hybridize", [False, True, "static"])
 def test_matches_numpy_eq4_over_steps(hybridize):
     # Classes 0..3 repeat within batches; 4 and 5 never appear; -1 is ignored.
     alpha, weight = 0.4, 0.25
-    loss = make_loss(6, 3, hybridize=hybridize, alpha=alpha, weight=weight, ignore_label=-1)
+    loss = make_loss(6, 3, hybridize=hybridize is True, alpha=alpha, weight=weight,
+                     ignore_label=-1)
+    if hybridize == "static":
+        loss.hybridize(static_alloc=True, static_shape=True)
     trainer = loss.trainer()
     ref = np.zeros((6, 3))
     counts = np.zeros(6)
@@ -349,6 +352,9 @@ def test_save_load_mid_training_resumes_identically(tmp_path):
     resumed = CenterLoss(5, 3, alpha=0.3)
     resumed.load_parameters(path, ctx=mx.cpu())
     resumed_trainer = resumed.trainer()
+    # Trainer states round-trip too (checkpoint code saves every trainer alike).
+    trainer.save_states(str(tmp_path / "center.states"))
+    resumed_trainer.load_states(str(tmp_path / "center.states"))
     np.testing.assert_array_equal(resumed.center_counts.data().asnumpy(),
                                   loss.center_counts.data().asnumpy())
     for x, y in batches[2:]:
