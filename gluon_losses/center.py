@@ -188,6 +188,11 @@ class CenterTrainer(gluon.Trainer):
         if allreduce is not None and len(self._contexts) != 1:
             raise ValueError("allreduce needs the centers on one context per process, "
                              "got %s" % (self._contexts,))
+        # Copies must agree before the first forward pass, since each computes its
+        # part of the numerator against its own centers: start every context and
+        # worker from context 0 of worker 0 now, not at the first step.
+        self._init_kvstore()
+        self._init_params()
 
     @property
     def alpha(self):
@@ -222,7 +227,6 @@ class CenterTrainer(gluon.Trainer):
         if not self._kv_initialized:
             self._init_kvstore()
         if self._params_to_init:
-            # Copies of centers/counts start from context 0 of worker 0 (broadcast).
             self._init_params()
         self._reduced = self._reduce()
 
