@@ -81,8 +81,9 @@ def eq4_rows(F, old, old_counts, numerator, batch_counts, alpha):
 
     ``old`` ``(R, D)`` and ``old_counts`` ``(R, 1)`` are the rows' current values,
     ``numerator`` ``(R, D)`` is :math:`\\sum_{i: y_i=j}(c_j - x_i)` and ``batch_counts``
-    ``(R, 1)`` is :math:`n_j`. A row whose step is not finite (a NaN or Inf feature
-    of that class in the batch) keeps its old value and count.
+    ``(R, 1)`` is :math:`n_j`. A row whose step is not finite keeps its old value and
+    count (a second guard: :func:`center_loss` already leaves non-finite features out,
+    so this catches float overflow, or statistics summed by hand).
     """
     step = F.broadcast_mul(numerator, alpha / (batch_counts + 1))
     finite = (F.sum(step, axis=1) * 0) == 0
@@ -390,7 +391,7 @@ class CenterLoss(Loss):
         super().__init__(weight, batch_axis, **kwargs)
         with self.name_scope():
             # lr_mult/wd_mult 0: should the centers end up in a network's optimizer by
-            # mistake, it cannot move them; only CenterTrainer does.
+            # mistake, its update cannot move them; Eq. 4 is CenterTrainer's alone.
             self.centers = self.params.get(
                 "centers", shape=(self._num_classes, self._feature_dim),
                 init=mx.init.Zero(), grad_stype="row_sparse", lr_mult=0.0, wd_mult=0.0)
