@@ -1,5 +1,6 @@
 """WeightedSoftmaxCELoss against float64 references, finite differences and other frameworks."""
 import os
+import zlib
 
 import numpy as np
 import pytest
@@ -40,6 +41,16 @@ def run_loss(loss_fn, pred, label, sample_weight=None, ctx=mx.cpu()):
         out = loss_fn(pred_nd, *args)
     out.backward()
     return out.asnumpy().astype(np.float64), pred_nd.grad.asnumpy().astype(np.float64)
+
+
+def assert_close_to_float32(actual, expected, rtol, atol):
+    """float32 results against float64 ones, ``atol`` relative to the largest value.
+
+    float32 log_softmax errs by about 1e-6 of the largest log-probability, and 'null'
+    scales every value by the batch size, so the absolute tolerance follows the values.
+    """
+    scale = max(1.0, float(np.abs(expected).max()))
+    np.testing.assert_allclose(actual, expected, rtol=rtol, atol=atol * scale)
 
 
 def reference_grad(pred, label, **kwargs):
@@ -110,14 +121,15 @@ def test_weight_normalization_is_pytorch_weighted_mean():
 @pytest.mark.parametrize("normalization", NORMALIZATIONS)
 @pytest.mark.parametrize("weighted", [False, True])
 def test_matches_reference_value_and_gradient(shape, axis, normalization, weighted):
-    pred, label, class_weight = random_case(shape, axis, seed=hash((shape, normalization)) % 1000)
+    seed = zlib.crc32(repr((shape, normalization, weighted)).encode())
+    pred, label, class_weight = random_case(shape, axis, seed=seed)
     class_weight = class_weight if weighted else None
     loss_fn = WeightedSoftmaxCELoss(class_weight, axis=axis, normalization=normalization)
     value, grad = run_loss(loss_fn, pred, label)
     kwargs = dict(class_weight=class_weight, axis=axis, normalization=normalization)
     expected = reference.softmax_ce(pred, label, **kwargs)
-    np.testing.assert_allclose(value, expected, rtol=2e-5, atol=1e-5)
-    np.testing.assert_allclose(grad, reference_grad(pred, label, **kwargs), rtol=1e-3, atol=1e-5)
+    assert_close_to_float32(value, expected, rtol=2e-5, atol=1e-5)
+    assert_close_to_float32(grad, reference_grad(pred, label, **kwargs), rtol=1e-3, atol=1e-5)
     expected_shape = label.shape if normalization == "none" else (label.shape[0],)
     assert value.shape == expected_shape
 
@@ -508,10 +520,9 @@ def test_property_matches_reference(data):
     value, grad = run_loss(loss_fn, pred, label)
     kwargs = dict(class_weight=class_weight, axis=axis, normalization=normalization,
                   batch_axis=batch_axis)
-    np.testing.assert_allclose(value, reference.softmax_ce(pred, label, **kwargs), rtol=5e-5,
-                               atol=1e-5)
-    expected_grad = reference_grad(pred, label, **kwargs)
-    np.testing.assert_allclose(grad, expected_grad, rtol=2e-3, atol=2e-4)
+    assert_close_to_float32(value, reference.softmax_ce(pred, label, **kwargs), rtol=5e-5,
+                            atol=1e-5)
+    assert_close_to_float32(grad, reference_grad(pred, label, **kwargs), rtol=2e-3, atol=2e-4)
     assert np.all(grad[np.moveaxis(np.broadcast_to(
         (label == -1)[..., None], label.shape + (shape[axis],)), -1, axis)] == 0)
 
