@@ -71,7 +71,10 @@ def test_weighted_loss_receives_gluoncv_cls_pred_and_cls_targets(shapes_root):
     cls_pred, samples, cls_targets = out[0], out[3], out[8]
     # exactly the model's arrays, not copies, reshapes or masks of them
     assert len(loss_args) == 2
-    assert loss_args[0] is cls_pred and loss_args[1] is cls_targets
+    assert loss_args[0] is cls_pred
+    # cls_targets goes in detached (no gradient path): the same values, shape and dtype
+    assert loss_args[1].shape == cls_targets.shape and loss_args[1].dtype == cls_targets.dtype
+    assert np.array_equal(loss_args[1].asnumpy(), cls_targets.asnumpy())
     batch, num_sample, num_cls = args.batch_size, 64, len(classes) + 1
     assert cls_pred.shape == (batch, num_sample, num_cls)
     assert cls_targets.shape == (batch, num_sample)
@@ -118,7 +121,7 @@ def test_smoke_train_checkpoint_resume_export(tmp_path, shapes_root):
     common = ["--data-root", shapes_root, "--shapes-train", "8", "--shapes-test", "4",
               "--max-iters", "3", "--val-interval", "1", "--out", out, "--quiet"]
     tic = time.time()
-    result = T.main(common + ["--epochs", "1", "--no-export"])
+    result = T.main(common + ["--epochs", "1", "--no-export", "--hybridize"])
     assert len(result["history"]) == 1
     for key in ("rpn_cls", "rpn_box", "rcnn_cls", "rcnn_box"):
         assert np.isfinite(result["history"][0][key])

@@ -355,7 +355,10 @@ class DetectionStep(object):
     def rcnn_cls_loss(self, cls_pred, cls_targets):
         """(B,) loss whose sum over the batch is ``B`` times the valid-normalized loss."""
         if self.weighted:
-            return self.losses["rcnn_cls"](cls_pred, cls_targets)
+            # detach(): same array and values, no gradient path. Labels never need one, and
+            # from a hybridized net (CachedOp) cls_targets is a recorded output, which the
+            # loss's take() on the labels rejects in backward ("wrong req").
+            return self.losses["rcnn_cls"](cls_pred, cls_targets.detach())
         num_valid = (cls_targets >= 0).sum()
         return self.losses["rcnn_cls"](cls_pred, cls_targets, cls_targets.expand_dims(-1) >= 0) \
             * cls_targets.size / num_valid
@@ -446,7 +449,8 @@ def evaluate(net, dataset, ctx, classes, hybridize=False):
             gt_ids.append(y.slice_axis(axis=-1, begin=4, end=5))
             gt_boxes.append(y.slice_axis(axis=-1, begin=0, end=4) * scale)
             gt_difficult.append(y.slice_axis(axis=-1, begin=5, end=6) if y.shape[-1] > 5 else None)
-        metric.update(det_boxes, det_ids, det_scores, gt_boxes, gt_ids, gt_difficult)
+        for record in zip(det_boxes, det_ids, det_scores, gt_boxes, gt_ids, gt_difficult):
+            metric.update(*record)  # one image at a time: object counts differ
     names, values = metric.get()
     return {n: float(v) for n, v in zip(names, values)}
 
