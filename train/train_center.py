@@ -6,7 +6,7 @@ bias-free classifier) twice from the same initial weights: once with
 (Wen et al., ECCV 2016). Both see the same batches in the same order. The run folder
 gets feature scatter plots, loss curves, ``metrics.json`` and the parameters.
 
-    python -m train.train_center --out runs/demo            # digits, ~2 min on 2 cores
+    python -m train.train_center --out runs/demo            # digits, about 2 min on 2 CPU cores
     python train/train_center.py --lambda 0.003 --alpha 0.5  # the paper's setting
     python -m train.train_center --dataset mnist --data-dir ~/data/mnist
     python -m train.train_center --resume runs/demo --epochs 40
@@ -49,7 +49,7 @@ DEFAULTS = dict(
 )
 # Per data set: input size, channels per conv stage, epochs, epochs where lr drops 10x.
 DATASET_DEFAULTS = {
-    "digits": dict(size=16, channels="16,32,64", epochs=30, lr_steps="20,26"),
+    "digits": dict(size=16, channels="16,32,64", epochs=24, lr_steps="16,21"),
     "mnist": dict(size=28, channels="32,64,128", epochs=12, lr_steps="8,11"),
     "fashion-mnist": dict(size=28, channels="32,64,128", epochs=12, lr_steps="8,11"),
 }
@@ -60,6 +60,27 @@ RUNTIME_FLAGS = ("epochs", "ctx", "gpus", "kvstore", "hybridize", "quiet", "max_
 
 
 # --------------------------------------------------------------------------- network
+class PReLU(gluon.HybridBlock):
+    """Channel-wise PReLU, ``max(x, 0) + alpha * min(x, 0)``, alpha over axis 1.
+
+    Written out instead of ``nn.PReLU`` because MXNet 1.9.1's fused op
+    (``LeakyReLU(act_type='prelu')``) gets the gradient of alpha wrong inside a
+    hybridized LeNets++ on CPU: it comes out multiplied by alpha (checked against finite
+    differences; tests/test_train_center.py keeps the check).
+    """
+
+    def __init__(self, channels, spatial, **kwargs):
+        super().__init__(**kwargs)
+        self._shape = (1, channels) + (1,) * spatial
+        with self.name_scope():
+            self.alpha = self.params.get("alpha", shape=(channels,),
+                                         init=mx.init.Constant(0.25))
+
+    def hybrid_forward(self, F, x, alpha):
+        return F.relu(x) + F.broadcast_mul(F.reshape(alpha, shape=self._shape),
+                                           F.minimum(x, 0))
+
+
 class LeNetsPP(gluon.HybridBlock):
     """LeNets++ (Wen et al. 2016, Table 1), width and depth as arguments.
 
@@ -78,13 +99,13 @@ class LeNetsPP(gluon.HybridBlock):
             for width in channels:
                 for _ in range(convs_per_stage):
                     self.body.add(nn.Conv2D(width, 5, padding=2, in_channels=prev),
-                                  nn.PReLU(in_channels=width))
+                                  PReLU(width, spatial=2))
                     prev = width
                 self.body.add(nn.MaxPool2D(2, 2))
                 size //= 2
             self.body.add(nn.Flatten(),
                           nn.Dense(feature_dim, in_units=prev * size * size),
-                          nn.PReLU(in_channels=feature_dim))
+                          PReLU(feature_dim, spatial=0))
             self.classifier = nn.Dense(num_classes, use_bias=False, in_units=feature_dim)
 
     def hybrid_forward(self, F, x):
@@ -113,22 +134,27 @@ def build_parser():
     g.add_argument("--channels", help="conv widths per stage (default 16,32,64 for digits, "
                                       "32,64,128 = LeNets++ for MNIST)")
     g.add_argument("--convs-per-stage", type=int, help="default %d" % d["convs_per_stage"])
-    g.add_argument("--feature-dim", type=int, help="default %d (the plots need 2)" % d["feature_dim"])
-    g.add_argument("--lambda", dest="lam", type=float,
-                   help="center loss weight (default %s; the paper's MNIST figure: 0.003)" % d["lam"])
+    g.add_argument("--feature-dim", type=int,
+                   help="default %d (the plots show the first two)" % d["feature_dim"])
+    g.add_argument("--lambda", dest="lam", type=float, metavar="LAMBDA",
+                   help="center loss weight lambda (default %s, the MNIST example's; the "
+                        "paper's MNIST figure uses 0.003)" % d["lam"])
     g.add_argument("--alpha", type=float, help="center update rate (default %s)" % d["alpha"])
     g.add_argument("--class-weight", choices=["auto", "none", "inverse", "median", "effective"],
                    help="per-class weights of the softmax loss from gluon_losses.class_weights; "
                         "auto = inverse under --imbalance, none otherwise (default)")
-    g.add_argument("--beta", type=float, help="beta of --class-weight effective (default %s)" % d["beta"])
+    g.add_argument("--beta", type=float,
+                   help="beta of --class-weight effective (default %s)" % d["beta"])
     g = p.add_argument_group("optimisation")
-    g.add_argument("--epochs", type=int, help="default 30 for digits, 12 for MNIST")
+    g.add_argument("--epochs", type=int, help="default 24 for digits, 12 for MNIST")
     g.add_argument("--batch-size", type=int, help="default %d" % d["batch_size"])
-    g.add_argument("--optimizer", help="any mxnet optimizer, e.g. sgd (default %s)" % d["optimizer"])
+    g.add_argument("--optimizer",
+                   help="any mxnet optimizer, e.g. sgd (default %s)" % d["optimizer"])
     g.add_argument("--lr", type=float, help="default %s" % d["lr"])
     g.add_argument("--momentum", type=float, help="sgd only, default %s" % d["momentum"])
     g.add_argument("--wd", type=float, help="default %s" % d["wd"])
-    g.add_argument("--lr-steps", help="epochs after which lr drops 10x, e.g. 20,26")
+    g.add_argument("--lr-steps",
+                   help="epochs after which lr drops 10x (default 16,21 for digits)")
     g.add_argument("--seed", type=int, help="seeds init and batch order (default %d)" % d["seed"])
     g = p.add_argument_group("devices")
     g.add_argument("--ctx", help="cpu, gpu:0 or a list such as cpu:0,cpu:1 (default cpu)")
@@ -197,6 +223,54 @@ def make_logger(out_dir):
             tq.setFormatter(handler.formatter)
             logger.handlers[i] = tq
     return logger
+
+
+class KeyOffsetKVStore(mx.kv.KVStore):
+    """A view of ``kvstore`` whose keys are shifted by ``offset``.
+
+    A process can hold only one ``dist_sync`` kvstore, and ``gluon.Trainer`` as well as
+    ``CenterTrainer`` number their keys from 0; the network trainer uses the store
+    itself, the center trainer this view, so their keys never meet. The view shares
+    the store's handle and never frees it.
+    """
+
+    def __init__(self, kvstore, offset):                # pylint: disable=super-init-not-called
+        self.__dict__.update(kvstore.__dict__)
+        self._base, self._offset = kvstore, offset
+
+    def __del__(self):
+        pass
+
+    def _shift(self, key):
+        if isinstance(key, (list, tuple)):
+            return [self._shift(k) for k in key]
+        return key + self._offset if isinstance(key, int) else "%s_%d" % (key, self._offset)
+
+    def init(self, key, value):
+        return super().init(self._shift(key), value)
+
+    def push(self, key, value, priority=0):
+        return super().push(self._shift(key), value, priority)
+
+    def pull(self, key, out=None, priority=0, ignore_sparse=True):
+        return super().pull(self._shift(key), out, priority, ignore_sparse)
+
+    def pushpull(self, key, value, out=None, priority=0):
+        return super().pushpull(self._shift(key), value, out, priority)
+
+    def broadcast(self, key, value, out, priority=0):
+        return super().broadcast(self._shift(key), value, out, priority)
+
+    def row_sparse_pull(self, key, out=None, priority=0, row_ids=None):
+        return super().row_sparse_pull(self._shift(key), out, priority, row_ids)
+
+
+def make_kvstores(kind):
+    """``(network kvstore, center kvstore, rank, workers)`` for ``--kvstore kind``."""
+    if "dist" not in kind:
+        return kind, kind, 0, 1
+    kv = mx.kv.create(kind)
+    return kv, KeyOffsetKVStore(kv, 1000), kv.rank, kv.num_workers
 
 
 def make_class_weight(kind, counts, beta):
@@ -340,9 +414,12 @@ def main(argv=None):
     """Run the experiment; returns the metrics dict that is also written to metrics.json."""
     args = resolve_args(argv)
     start_time = time.time()
+    net_kv, center_kv, rank, workers = make_kvstores(args.kvstore)
     out = args.out
-    os.makedirs(out, exist_ok=True)
-    log = make_logger(out)
+    # with dist_sync, worker 0 writes the run folder; the others only their log
+    out_private = out if rank == 0 else os.path.join(out, "worker-%d" % rank)
+    os.makedirs(out_private, exist_ok=True)
+    log = make_logger(out_private)
     ctx = parse_contexts(args.ctx, args.gpus)
     ckpt_dir = os.path.join(out, CHECKPOINT_DIR)
     resuming = bool(args.resume)
@@ -350,7 +427,8 @@ def main(argv=None):
         log.info("note: %s holds an earlier run; starting over (use --resume %s to continue it)",
                  out, out)
     saved_args = {k: getattr(args, k) for k in DEFAULTS if k not in ("resume",)}
-    write_json(os.path.join(out, "args.json"), saved_args)
+    if rank == 0:
+        write_json(os.path.join(out, "args.json"), saved_args)
     command = "python -m train.train_center " + " ".join(sys.argv[1:] if argv is None else argv)
     log.info("%s", command)
     log.info("args: %s", " ".join("%s=%s" % kv for kv in sorted(saved_args.items())))
@@ -383,23 +461,29 @@ def main(argv=None):
     for p_s, p_c in zip(nets["softmax"].collect_params().values(),
                         nets["center"].collect_params().values()):
         p_c.set_data(p_s.data(ctx[0]))
-    ce = gluon_losses.WeightedSoftmaxCELoss(class_weight=weight)
+    # one loss block per model: a hybridized block with static memory shared by two
+    # graphs in one backward pass would hand both the same buffers
+    ce = {m: gluon_losses.WeightedSoftmaxCELoss(class_weight=weight) for m in MODELS}
     center_loss = gluon_losses.CenterLoss(num_classes, args.feature_dim, alpha=args.alpha,
                                           weight=args.lam)
     center_loss.initialize(ctx=ctx)
     opt_params = {"learning_rate": args.lr, "wd": args.wd}
     if args.optimizer == "sgd":
         opt_params["momentum"] = args.momentum
-    trainers = {m: gluon.Trainer(nets[m].collect_params(), args.optimizer, dict(opt_params),
-                                 kvstore=args.kvstore) for m in MODELS}
-    center_trainer = center_loss.trainer(kvstore=args.kvstore)
+    # One trainer for both networks (their parameters are disjoint, so this is two
+    # independent optimisations), so that dist_sync needs a single kvstore. Updates run
+    # on the workers (update_on_kvstore=False) so that --lr-steps reach them.
+    net_params = nets["softmax"].collect_params()
+    net_params.update(nets["center"].collect_params())
+    net_trainer = gluon.Trainer(net_params, args.optimizer, opt_params, kvstore=net_kv,
+                                update_on_kvstore=False)
+    center_trainer = center_loss.trainer(kvstore=center_kv)
     if args.hybridize:
-        for block in (nets["softmax"], nets["center"], ce, center_loss):
+        for block in (nets["softmax"], nets["center"], ce["softmax"], ce["center"], center_loss):
             block.hybridize(static_alloc=True)
     blocks = {"softmax-net": nets["softmax"], "center-net": nets["center"],
               "center-loss": center_loss}
-    trainer_map = {"softmax-trainer": trainers["softmax"], "center-trainer": trainers["center"],
-                   "centers-trainer": center_trainer}
+    trainer_map = {"net-trainer": net_trainer, "centers-trainer": center_trainer}
 
     history, start_epoch, elapsed_before = [], 0, 0.0
     if resuming and os.path.exists(os.path.join(ckpt_dir, "checkpoint.json")):
@@ -422,29 +506,27 @@ def main(argv=None):
     for epoch in epoch_bar:
         tic = time.time()
         lr = lr_at(args, epoch)
-        for trainer in trainers.values():
-            trainer.set_learning_rate(lr)
+        net_trainer.set_learning_rate(lr)
         sums = {m: {"ce": 0.0, "center": 0.0, "correct": 0} for m in MODELS}
         seen = 0
         order = batches(len(y_train), args.batch_size, args.seed, epoch)[:n_batches]
         batch_bar = tqdm(order, desc="epoch %d" % (epoch + 1), unit="batch", leave=False,
                          disable=not show, dynamic_ncols=True)
         for idx in batch_bar:
-            bs = len(idx)
+            bs = len(idx)                             # the global batch: all workers
+            idx = np.array_split(idx, workers)[rank]  # this worker's part of it
             xs = gluon.utils.split_and_load(x_train[idx], ctx, even_split=False)
             ys = gluon.utils.split_and_load(y_train[idx].astype(np.float32), ctx, even_split=False)
             with autograd.record():
                 out_s = [nets["softmax"](x) for x in xs]
-                loss_s = [ce(o, y) for (o, _), y in zip(out_s, ys)]
-            autograd.backward(loss_s)
-            trainers["softmax"].step(bs)
+                loss_s = [ce["softmax"](o, y) for (o, _), y in zip(out_s, ys)]
             with autograd.record():
                 out_c = [nets["center"](x) for x in xs]
-                loss_ce = [ce(o, y) for (o, _), y in zip(out_c, ys)]
+                loss_ce = [ce["center"](o, y) for (o, _), y in zip(out_c, ys)]
                 loss_center = [center_loss(f, y) for (_, f), y in zip(out_c, ys)]
                 loss_c = [a + b for a, b in zip(loss_ce, loss_center)]
-            autograd.backward(loss_c)
-            trainers["center"].step(bs)
+            autograd.backward(loss_s + loss_c)
+            net_trainer.step(bs)
             center_trainer.step(bs)
             for model, outs, ces, cens in (("softmax", out_s, loss_s, None),
                                            ("center", out_c, loss_ce, loss_center)):
@@ -453,7 +535,7 @@ def main(argv=None):
                     sums[model]["center"] += sum(l.sum().asscalar() for l in cens)
                 sums[model]["correct"] += sum(
                     int((o.argmax(axis=1) == y).sum().asscalar()) for (o, _), y in zip(outs, ys))
-            seen += bs
+            seen += len(idx)
             batch_bar.set_postfix(ce="%.3f" % (sums["softmax"]["ce"] / seen),
                                   ce_c="%.3f" % (sums["center"]["ce"] / seen),
                                   center="%.3f" % (sums["center"]["center"] / seen))
@@ -471,10 +553,11 @@ def main(argv=None):
                 if not np.isfinite(value):
                     raise FloatingPointError("epoch %d: %s %s is %r (lower --lr or --lambda?)"
                                              % (epoch + 1, model, name, value))
-        save_checkpoint(ckpt_dir, epoch + 1, blocks, trainer_map,
-                        meta={"history": history,
-                              "train_seconds": elapsed_before + time.time() - train_start})
-        prune_checkpoints(ckpt_dir, epoch + 1)
+        if rank == 0:
+            save_checkpoint(ckpt_dir, epoch + 1, blocks, trainer_map,
+                            meta={"history": history,
+                                  "train_seconds": elapsed_before + time.time() - train_start})
+            prune_checkpoints(ckpt_dir, epoch + 1)
         s, c = row["softmax"], row["center"]
         log.info("epoch %2d/%d lr %.4g | softmax: ce %.4f train %.3f test %.3f | "
                  "+center: ce %.4f center %.4f train %.3f test %.3f | %.1fs",
@@ -498,7 +581,8 @@ def main(argv=None):
                          "with class means (compactness_class_means)."),
         "hardware": {"cpu_count": os.cpu_count(), "machine": platform.machine(),
                      "processor": platform.processor() or platform.machine(),
-                     "contexts": [str(c) for c in ctx], "mxnet": mx.__version__},
+                     "contexts": [str(c) for c in ctx], "kvstore": args.kvstore,
+                     "workers": workers, "mxnet": mx.__version__},
         "history": history,
     }
     for model in MODELS:
@@ -527,19 +611,19 @@ def main(argv=None):
             LABELS[model], m["test_accuracy"], m["compactness"])
         if model == "center":
             title = title.replace("loss (", "loss, lambda=%g (" % args.lam)
-        plot_features(os.path.join(out, "features_%s.png" % model), feat, y_test, centers,
+        plot_features(os.path.join(out_private, "features_%s.png" % model), feat, y_test, centers,
                       title, class_names)
-        net.save_parameters(os.path.join(out, "%s-net.params" % model))
-    center_loss.save_parameters(os.path.join(out, "centers.params"))
+        net.save_parameters(os.path.join(out_private, "%s-net.params" % model))
+    center_loss.save_parameters(os.path.join(out_private, "centers.params"))
     if history:
-        plot_curves(os.path.join(out, "loss_curves.png"), history, args.lam)
+        plot_curves(os.path.join(out_private, "loss_curves.png"), history, args.lam)
     metrics["train_seconds"] = train_seconds
     metrics["wall_seconds_this_process"] = time.time() - start_time
     for model in MODELS:
         for key in ("test_accuracy", "compactness", "nearest_center_accuracy"):
             if not np.isfinite(metrics[model][key]):
                 log.info("WARNING: %s %s is %r", model, key, metrics[model][key])
-    write_json(os.path.join(out, "metrics.json"), metrics)
+    write_json(os.path.join(out_private, "metrics.json"), metrics)
 
     log.info("%-24s %9s %9s %12s %14s", "", "test acc", "balanced", "compactness",
              "nearest-center")
@@ -549,7 +633,7 @@ def main(argv=None):
                  m["balanced_accuracy"], m["compactness"], m["nearest_center_accuracy"])
     log.info("train counts %s, test counts %s", train_counts.tolist(), test_counts.tolist())
     log.info("training %.1f s, whole run %.1f s; outputs in %s",
-             train_seconds, metrics["wall_seconds_this_process"], out)
+             train_seconds, metrics["wall_seconds_this_process"], out_private)
     return metrics
 
 
