@@ -184,3 +184,37 @@ def test_cli_errors():
     except ImportError:
         with pytest.raises(SystemExit, match="horovod"):
             T.main(["--horovod", "--quiet", "--out", "/nonexistent-never-written"])
+
+
+def _write_lst(dataset, folder, name):
+    """A GluonCV .lst file (normalized corners) with the dataset's images as PNGs."""
+    lines = []
+    for i in range(len(dataset)):
+        image, label = dataset[i]
+        h, w = image.shape[:2]
+        fname = "%s-%03d.png" % (name, i)
+        dataset.save_image(i, os.path.join(folder, fname))
+        fields = [str(i), "2", "5"]
+        for x1, y1, x2, y2, cls in label:
+            fields += ["%d" % cls, "%.6f" % (x1 / w), "%.6f" % (y1 / h), "%.6f" % (x2 / w),
+                       "%.6f" % (y2 / h)]
+        lines.append("\t".join(fields + [fname]))
+    path = os.path.join(folder, name + ".lst")
+    with open(path, "w") as handle:
+        handle.write("\n".join(lines) + "\n")
+    return path
+
+
+def test_lst_dataset_and_two_cpu_contexts(tmp_path, shapes_root):
+    folder = str(tmp_path)
+    train_lst = _write_lst(ShapesDetection("train", 8, 0, root=shapes_root), folder, "train")
+    test_lst = _write_lst(ShapesDetection("test", 4, 0, root=shapes_root), folder, "test")
+    result = T.main(["--dataset", "lst", train_lst, test_lst, "--ctx", "cpu:0,cpu:1",
+                     "--classes", ",".join(ShapesDetection.CLASSES), "--epochs", "1",
+                     "--max-iters", "1", "--no-export", "--quiet", "--class-weighting", "median",
+                     "--out", os.path.join(folder, "run")])
+    assert result["classes"] == list(ShapesDetection.CLASSES)
+    assert result["train_counts"] == T.foreground_counts(
+        ShapesDetection("train", 8, 0, root=shapes_root), 4).tolist()
+    assert np.isfinite(result["history"][0]["rcnn_cls"])
+    assert "mAP" in result["final_ap"]

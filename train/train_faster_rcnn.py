@@ -409,6 +409,16 @@ def _shards(batch, ctx):
     return list(zip(*per_field))
 
 
+def _stop(executor):
+    """End a GluonCV ``Parallel``'s worker threads (they are not daemons)."""
+    from gluoncv.utils.parallel import Parallel
+    for _ in executor._threads:
+        executor._in_queue.put(Parallel._StopSignal("stop"))
+    for thread in executor._threads:
+        thread.join(10)
+    executor._threads = []
+
+
 def lr_at(args, epoch, it, iters_per_epoch):
     lr = args.lr
     for e in (int(x) for x in args.lr_decay_epoch.split(",") if x.strip()):
@@ -558,51 +568,54 @@ def main(argv=None):
     from gluoncv.utils.parallel import Parallel
     executor = Parallel(len(ctx) if len(ctx) > 1 else 0, step)
 
-    from tqdm import tqdm
-    names = ("rpn_cls", "rpn_box", "rcnn_cls", "rcnn_box")
-    for epoch in range(start_epoch, args.epochs):
-        set_seed(args.seed * 1000 + epoch)  # shuffle and flips depend only on (seed, epoch)
-        if args.hybridize:
-            net.hybridize(static_alloc=True)  # re-trace in training mode
-        sums, seen, tic = np.zeros(4), 0, time.time()
-        bar = tqdm(total=iters, desc="epoch %d" % epoch, leave=False,
-                   disable=args.quiet or not rank0, file=sys.stderr)
-        for it, batch in enumerate(loader):
-            if it >= iters:
-                break
-            trainer.set_learning_rate(lr_at(args, epoch, it, iters))
-            shards = _shards(batch, ctx)
-            for shard in shards:
-                executor.put(shard)
-            parts = [executor.get() for _ in shards]
-            trainer.step(batch_size)
-            values = np.array([sum(p[k].sum().asscalar() for p in parts) for k in range(4)])
-            if not np.all(np.isfinite(values)):
-                raise FloatingPointError("non-finite loss at epoch %d iteration %d: %s"
-                                         % (epoch, it, dict(zip(names, values.tolist()))))
-            sums += values
-            seen += batch_size
-            bar.update(1)
-            bar.set_postfix({k: "%.3f" % (v / seen) for k, v in zip(names, sums)})
-        bar.close()
-        elapsed = time.time() - tic
-        entry = {"epoch": epoch, "lr": trainer.learning_rate, "time_s": round(elapsed, 2),
-                 "images_per_s": round(seen / elapsed, 2)}
-        entry.update({k: float(v / max(seen, 1)) for k, v in zip(names, sums)})
-        last = epoch == args.epochs - 1
-        if rank0 and test_set is not None and ((epoch + 1) % args.val_interval == 0 or last):
-            entry["ap"] = evaluate(net, test_set, ctx, classes, args.hybridize)
-        history.append(entry)
-        line = "[epoch %d] lr=%.4g %s %.1fs %.1f img/s" % (
-            epoch, entry["lr"], " ".join("%s=%.4f" % (k, entry[k]) for k in names), elapsed,
-            entry["images_per_s"])
-        if "ap" in entry:
-            line += " | mAP=%.4f (%s)" % (entry["ap"]["mAP"], ", ".join(
-                "%s=%.3f" % (c, entry["ap"][c]) for c in classes))
-        log.info(line)
-        if rank0 and ((epoch + 1) % args.save_interval == 0 or last):
-            save_checkpoint(args.out, epoch, {"net": net}, {"trainer": trainer},
-                            meta={"history": history, "classes": list(classes)})
+    try:
+        from tqdm import tqdm
+        names = ("rpn_cls", "rpn_box", "rcnn_cls", "rcnn_box")
+        for epoch in range(start_epoch, args.epochs):
+            set_seed(args.seed * 1000 + epoch)  # shuffle and flips depend only on (seed, epoch)
+            if args.hybridize:
+                net.hybridize(static_alloc=True)  # re-trace in training mode
+            sums, seen, tic = np.zeros(4), 0, time.time()
+            bar = tqdm(total=iters, desc="epoch %d" % epoch, leave=False,
+                       disable=args.quiet or not rank0, file=sys.stderr)
+            for it, batch in enumerate(loader):
+                if it >= iters:
+                    break
+                trainer.set_learning_rate(lr_at(args, epoch, it, iters))
+                shards = _shards(batch, ctx)
+                for shard in shards:
+                    executor.put(shard)
+                parts = [executor.get() for _ in shards]
+                trainer.step(batch_size)
+                values = np.array([sum(p[k].sum().asscalar() for p in parts) for k in range(4)])
+                if not np.all(np.isfinite(values)):
+                    raise FloatingPointError("non-finite loss at epoch %d iteration %d: %s"
+                                             % (epoch, it, dict(zip(names, values.tolist()))))
+                sums += values
+                seen += batch_size
+                bar.update(1)
+                bar.set_postfix({k: "%.3f" % (v / seen) for k, v in zip(names, sums)})
+            bar.close()
+            elapsed = time.time() - tic
+            entry = {"epoch": epoch, "lr": trainer.learning_rate, "time_s": round(elapsed, 2),
+                     "images_per_s": round(seen / elapsed, 2)}
+            entry.update({k: float(v / max(seen, 1)) for k, v in zip(names, sums)})
+            last = epoch == args.epochs - 1
+            if rank0 and test_set is not None and ((epoch + 1) % args.val_interval == 0 or last):
+                entry["ap"] = evaluate(net, test_set, ctx, classes, args.hybridize)
+            history.append(entry)
+            line = "[epoch %d] lr=%.4g %s %.1fs %.1f img/s" % (
+                epoch, entry["lr"], " ".join("%s=%.4f" % (k, entry[k]) for k in names), elapsed,
+                entry["images_per_s"])
+            if "ap" in entry:
+                line += " | mAP=%.4f (%s)" % (entry["ap"]["mAP"], ", ".join(
+                    "%s=%.3f" % (c, entry["ap"][c]) for c in classes))
+            log.info(line)
+            if rank0 and ((epoch + 1) % args.save_interval == 0 or last):
+                save_checkpoint(args.out, epoch, {"net": net}, {"trainer": trainer},
+                                meta={"history": history, "classes": list(classes)})
+    finally:
+        _stop(executor)  # its worker threads would otherwise keep a failed run alive
 
     result = {"args": vars(args), "classes": list(classes), "train_counts": counts.tolist(),
               "class_weight": class_weight.tolist() if weighted else None,
