@@ -173,6 +173,35 @@ def test_centers_gradient_is_row_sparse_and_batch_sized():
     assert loss.center_counts.grad().stype == "row_sparse"
 
 
+def test_step_time_flat_in_num_classes():
+    # The scale check: K=100000 vs K=1000 at D=512, B=512, forward + backward
+    # + center step, interleaved medians (the bench prints the same figure).
+    steps = {}
+    for classes in (1000, 100000):
+        loss = make_loss(classes, 512, hybridize=True)
+        trainer = loss.trainer()
+        x, y = random_batches(1, 512, 512, np.arange(classes), seed=classes)[0]
+        steps[classes] = (loss, trainer, nd.array(x), nd.array(y))
+
+    def one_step(loss, trainer, x, y):
+        start = time.perf_counter()
+        with autograd.record():
+            out = loss(x, y)
+        out.backward()
+        trainer.step(512)
+        loss.centers.data().wait_to_read()
+        return time.perf_counter() - start
+
+    for args in steps.values():
+        one_step(*args)
+    times = {k: [] for k in steps}
+    for _ in range(7):
+        for k, args in steps.items():
+            times[k].append(one_step(*args))
+    ratio = np.median(times[100000]) / np.median(times[1000])
+    assert ratio <= 3.0, "K=100000 step is %.1fx the K=1000 step" % ratio
+
+
 def test_batch_axis_one_and_integer_column_labels():
     x, y = random_batches(1, 6, 3, [0, 1, 2], seed=7)[0]
     a, b = make_loss(3, 3), make_loss(3, 3, batch_axis=1)
