@@ -218,3 +218,44 @@ def test_lst_dataset_and_two_cpu_contexts(tmp_path, shapes_root):
         ShapesDetection("train", 8, 0, root=shapes_root), 4).tolist()
     assert np.isfinite(result["history"][0]["rcnn_cls"])
     assert "mAP" in result["final_ap"]
+
+
+def _write_voc(root, splits):
+    """A tiny VOC2007 folder (JPEGImages, Annotations, ImageSets/Main) from shapes images."""
+    voc_names = ("bottle", "car", "cat", "dog")  # VOC class names for the four shapes
+    base = os.path.join(root, "VOC2007")
+    for sub in ("JPEGImages", "Annotations", os.path.join("ImageSets", "Main")):
+        os.makedirs(os.path.join(base, sub), exist_ok=True)
+    for split, dataset in splits.items():
+        ids = []
+        for i in range(len(dataset)):
+            image, label = dataset[i]
+            name = "%s%04d" % (split, i)
+            ids.append(name)
+            dataset.save_image(i, os.path.join(base, "JPEGImages", name + ".jpg"))
+            objects = "".join(
+                "<object><name>%s</name><difficult>0</difficult><bndbox><xmin>%d</xmin>"
+                "<ymin>%d</ymin><xmax>%d</xmax><ymax>%d</ymax></bndbox></object>"
+                % (voc_names[int(c)], x1 + 1, y1 + 1, x2 + 1, y2 + 1)
+                for x1, y1, x2, y2, c in label)
+            with open(os.path.join(base, "Annotations", name + ".xml"), "w") as handle:
+                handle.write("<annotation><size><width>%d</width><height>%d</height>"
+                             "<depth>3</depth></size>%s</annotation>"
+                             % (image.shape[1], image.shape[0], objects))
+        with open(os.path.join(base, "ImageSets", "Main", split + ".txt"), "w") as handle:
+            handle.write("\n".join(ids) + "\n")
+
+
+def test_voc_dataset(tmp_path, shapes_root):
+    root = str(tmp_path / "voc")
+    _write_voc(root, {"trainval": ShapesDetection("train", 8, 0, root=shapes_root),
+                      "test": ShapesDetection("test", 4, 0, root=shapes_root)})
+    result = T.main(["--dataset", "voc", "--data-root", root, "--epochs", "1", "--max-iters",
+                     "1", "--no-export", "--quiet", "--short", "128", "--max-size", "160",
+                     "--out", str(tmp_path / "run")])
+    assert len(result["classes"]) == 20 and result["classes"][4] == "bottle"
+    counts = result["train_counts"]
+    assert sum(counts) == sum(len(l) for l in ShapesDetection("train", 8, 0, root=shapes_root)
+                              .label_list())
+    assert len(result["class_weight"]) == 21  # background + the 20 VOC classes
+    assert np.isfinite(result["history"][0]["rcnn_cls"]) and "mAP" in result["final_ap"]

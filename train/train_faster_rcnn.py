@@ -446,7 +446,9 @@ def evaluate(net, dataset, ctx, classes, hybridize=False):
         det_boxes, det_ids, det_scores, gt_boxes, gt_ids, gt_difficult = [], [], [], [], [], []
         for x, y, im_scale in zip(*batch):
             c = ctx[len(det_ids) % len(ctx)]
-            ids, scores, boxes = net(x.as_in_context(c))
+            with warnings.catch_warnings():  # unused training-only box encoder: expected
+                warnings.simplefilter("ignore", UserWarning)
+                ids, scores, boxes = net(x.as_in_context(c))
             scale = float(im_scale.reshape(-1).asscalar())
             h, w = x.shape[2], x.shape[3]
             boxes = mx.nd.concat(boxes.slice_axis(-1, 0, 1).clip(0, w),
