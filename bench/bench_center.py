@@ -120,13 +120,14 @@ class DistanceMatrixCenterLoss(gluon.HybridBlock):
         return 0.5 * F.sum(dist * mask, axis=1)
 
 
-class DistanceMatrix:
-    def __init__(self, num_classes, feature_dim):
-        self.loss = DistanceMatrixCenterLoss(num_classes, feature_dim)
+class HybridContender:
+    """A hybridized loss with centers, and the trainer that updates them."""
+
+    def __init__(self, loss, make_trainer):
+        self.loss = loss
         self.loss.initialize()
         self.loss.hybridize(static_alloc=True, static_shape=True)
-        self.trainer = gluon.Trainer(self.loss.collect_params(), "sgd",
-                                     {"learning_rate": ALPHA})
+        self.trainer = make_trainer(loss)
 
     def step(self, x, label):
         with autograd.record():
@@ -136,19 +137,15 @@ class DistanceMatrix:
         self.loss.centers.data().wait_to_read()
 
 
-class Ours:
-    def __init__(self, num_classes, feature_dim):
-        self.loss = CenterLoss(num_classes, feature_dim, alpha=ALPHA)
-        self.loss.initialize()
-        self.loss.hybridize(static_alloc=True, static_shape=True)
-        self.trainer = self.loss.trainer()
+def make_distance_matrix(num_classes, feature_dim):
+    return HybridContender(DistanceMatrixCenterLoss(num_classes, feature_dim),
+                           lambda loss: gluon.Trainer(loss.collect_params(), "sgd",
+                                                      {"learning_rate": ALPHA}))
 
-    def step(self, x, label):
-        with autograd.record():
-            out = self.loss(x, label)
-        out.backward()
-        self.trainer.step(x.shape[0])
-        self.loss.centers.data().wait_to_read()
+
+def make_ours(num_classes, feature_dim):
+    return HybridContender(CenterLoss(num_classes, feature_dim, alpha=ALPHA),
+                           lambda loss: loss.trainer())
 
 
 def _batch(batch, feature_dim, num_classes, seed=0):
@@ -197,10 +194,10 @@ def main(argv=None):
     print("|" + "---|" * 6)
     for index, (name, batch, dim, classes) in enumerate(CASES):
         x, label = _batch(batch, dim, classes)
-        contenders = {"ours": (Ours(classes, dim).step, x, label)}
+        contenders = {"ours": (make_ours(classes, dim).step, x, label)}
         if not (args.quick and index == len(CASES) - 1):
             contenders["loop"] = (LoopCenterLoss(classes, dim).step, x, label)
-            contenders["matrix"] = (DistanceMatrix(classes, dim).step, x, label)
+            contenders["matrix"] = (make_distance_matrix(classes, dim).step, x, label)
         # The slow baselines at the large sizes get fewer rounds; the ratio needs
         # their order of magnitude, not their third digit.
         med = run_interleaved(contenders, rounds if index == 0 else max(3, rounds // 3))
@@ -213,7 +210,7 @@ def main(argv=None):
     contenders = {}
     for classes in SCALE_KS:
         x, label = _batch(512, 512, classes, seed=1)
-        contenders[classes] = (Ours(classes, 512).step, x, label)
+        contenders[classes] = (make_ours(classes, 512).step, x, label)
     med = run_interleaved(contenders, rounds)
     low, high = SCALE_KS
     print("\nCenterLoss alone, B=512 D=512: K=%d %s ms, K=%d %s ms; K=%d / K=%d: %s "
