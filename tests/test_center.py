@@ -124,7 +124,7 @@ def test_update_ignores_weight_and_network_optimizer():
                                eq4_reference(start, feats, y, 0.5), rtol=1e-5, atol=1e-6)
 
 
-def test_counts_scale_with_head_gradient_one_per_sample():
+def test_backward_on_sum_of_per_sample_losses_gives_eq4():
     # ce + center summed per sample, backward on the (B,) sum: head gradient 1 each.
     x, y = random_batches(1, 6, 3, [0, 1], seed=4)[0]
     loss = make_loss(2, 3)
