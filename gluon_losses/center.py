@@ -206,17 +206,21 @@ class CenterTrainer(gluon.Trainer):
 
     def _init_kvstore(self):
         kvstore = None if self._allreduce else self._kvstore_params["kvstore"]
+        if kvstore is not None and not isinstance(kvstore, (str, mx.kv.KVStore)):
+            raise ValueError("kvstore must be a kvstore type name, a KVStore or None, "
+                             "got %r" % (kvstore,))
+        kv_type = kvstore if isinstance(kvstore, str) else getattr(kvstore, "type", "")
+        if "async" in kv_type:
+            raise ValueError("kvstore=%r cannot keep the centers identical on every "
+                             "worker; use dist_sync" % kv_type)
+        if "nccl" in kv_type:
+            raise ValueError("kvstore=%r cannot sum row_sparse gradients; use 'device'"
+                             % kv_type)
         if isinstance(kvstore, str):
             if "dist" in kvstore or len(self._contexts) > 1:
                 kvstore = mx.kv.create(kvstore)
             else:
                 kvstore = None
-        elif kvstore is not None and not isinstance(kvstore, mx.kv.KVStore):
-            raise ValueError("kvstore must be a kvstore type name, a KVStore or None, "
-                             "got %r" % (kvstore,))
-        if kvstore is not None and "async" in kvstore.type:
-            raise ValueError("kvstore=%r cannot keep the centers identical on every "
-                             "worker; use dist_sync" % kvstore.type)
         self._kvstore = kvstore
         self._distributed = kvstore is not None and "dist" in kvstore.type
         self._dist_key_ready = False

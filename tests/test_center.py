@@ -485,6 +485,11 @@ def test_uninitialized_and_misused_trainer():
         loss.trainer(update_on_kvstore=True)
     with pytest.raises(ValueError, match="alpha"):
         loss.trainer(alpha=2.0)
+    for kvstore in ("dist_async", "nccl", 3):
+        with pytest.raises(ValueError, match="kvstore"):
+            loss.trainer(kvstore=kvstore)
+    with pytest.raises(ValueError, match="compression_params"):
+        loss.trainer(compression_params={"type": "2bit"})
     trainer = loss.trainer()
     with pytest.raises(UserWarning, match="backward"):
         trainer.step(1)
