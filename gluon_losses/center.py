@@ -137,9 +137,9 @@ def apply_center_update(weight, counts, rows, numerator, batch_counts, alpha):
 # Labels travel in the features' dtype; float32 holds integers exactly up to 2**24.
 _MAX_CLASSES = 2 ** 24
 
-# Keys 0 and 1 hold centers and counts (gluon.Trainer's numbering); 2 is the summed
-# gradient of the dist path.
-_DIST_GRAD_KEY = 2
+# Keys 0 and 1 hold centers and counts (gluon.Trainer's numbering); the dense sums
+# of the dist path take keys from 2 on.
+_FIRST_SUM_KEY = 2
 
 
 class CenterTrainer(gluon.Trainer):
@@ -166,7 +166,9 @@ class CenterTrainer(gluon.Trainer):
     allreduce : callable or None
         For data parallelism outside kvstore (Horovod): ``allreduce(array)`` must sum
         the dense ``array`` over all workers in place, e.g.
-        ``lambda a: hvd.allreduce_(a, average=False)``. One context per process;
+        ``lambda a: hvd.allreduce_(a, op=hvd.Sum)``. It is called twice per step, with
+        the counts ``(K, 1)`` and then a block of numerator rows ``(H, D)``, H at most
+        the global batch rounded up to a power of two. One context per process;
         ``kvstore`` is then not used.
     """
 
@@ -223,7 +225,7 @@ class CenterTrainer(gluon.Trainer):
                 kvstore = None
         self._kvstore = kvstore
         self._distributed = kvstore is not None and "dist" in kvstore.type
-        self._dist_key_ready = False
+        self._dense_keys = {}
         self._update_on_kvstore = False
         self._kv_initialized = True
 
@@ -276,36 +278,64 @@ class CenterTrainer(gluon.Trainer):
             kv.push(1, count_grads, priority=-1)
             kv.pull(1, count_grads, priority=-1, ignore_sparse=False)
             return [(g.indices, g.data, n.data) for g, n in zip(grads, count_grads)]
-        # Across workers, MXNet's parameter server sums row_sparse pushes only through
-        # an optimizer running on the server, and cannot hand a summed row_sparse
-        # gradient back; Horovod's allreduce is dense too. So numerator and counts
-        # travel as one dense (K, D+1) array; its nonzero-count rows are the union of
-        # the workers' classes. This costs K*(D+1) floats per worker and step; the
-        # single-process paths above stay sparse.
-        merged = [nd.concat(g.tostype("default"), n.tostype("default"), dim=1)
-                  for g, n in zip(grads, count_grads)]
+        return self._reduce_across_workers(grads, count_grads)
+
+    def _reduce_across_workers(self, grads, count_grads):
+        """dist_sync / allreduce: sums of dense arrays only, none of size K x D.
+
+        MXNet's parameter server sums row_sparse pushes only through an optimizer
+        running on the server and cannot hand a summed row_sparse gradient back, and
+        Horovod's allreduce is dense. So the counts go first, dense (K floats); their
+        nonzero rows U are the union of every worker's classes, the same list on all
+        workers. Each worker then writes its numerator rows at their places in U into
+        a dense (|U|, D) block (|U| <= the global batch), and the blocks are summed.
+        """
+        num_classes = count_grads[0].shape[0]
+        counts = [n.tostype("default") for n in count_grads]
+        self._sum_dense("counts", counts)
+        rows = nd.contrib.boolean_mask(
+            nd.arange(num_classes, ctx=counts[0].context, dtype="int64"),
+            counts[0].reshape((-1,)) > 0)
+        used = rows.shape[0]
+        if used == 0:  # every position of the global batch was ignored
+            return [None] * len(grads)
+        # Blocks come in power-of-two heights so that a handful of keys serve all
+        # batches; rows past `used` stay zero.
+        height = max(16, 1 << (used - 1).bit_length())
+        blocks = []
+        for g in grads:
+            ctx = g.context
+            place = nd.full((num_classes,), -1, ctx=ctx)
+            nd._internal._scatter_set_nd(
+                lhs=place, rhs=nd.arange(used, ctx=ctx), indices=rows.as_in_context(ctx).reshape((1, -1)),
+                shape=place.shape, out=place)
+            local = nd.take(place, g.indices)
+            # Rows this worker saw only as ignored positions are not in U.
+            present = local >= 0
+            block = nd.zeros((height, g.shape[1]), ctx=ctx, dtype=g.dtype)
+            if int(present.sum().asscalar()):
+                at = nd.contrib.boolean_mask(local, present).astype("int64")
+                nd._internal._scatter_set_nd(
+                    lhs=block, rhs=nd.contrib.boolean_mask(g.data, present),
+                    indices=at.reshape((1, -1)), shape=block.shape, out=block)
+            blocks.append(block)
+        self._sum_dense(("numerator", height), blocks)
+        return [(rows.as_in_context(b.context), nd.slice_axis(b, axis=0, begin=0, end=used),
+                 nd.take(n, rows.as_in_context(n.context)))
+                for b, n in zip(blocks, counts)]
+
+    def _sum_dense(self, name, arrays):
+        """Sum same-shaped dense arrays in place over contexts and workers."""
         if self._allreduce is not None:
-            self._allreduce(merged[0])
-        else:
-            if not self._dist_key_ready:
-                kv.init(_DIST_GRAD_KEY, nd.zeros_like(merged[0]))
-                self._dist_key_ready = True
-            kv.push(_DIST_GRAD_KEY, merged, priority=0)
-            kv.pull(_DIST_GRAD_KEY, merged, priority=0)
-        return [_rows_of_dense_sum(m) for m in merged]
-
-
-def _rows_of_dense_sum(merged):
-    """(rows, numerator rows, count rows) of a summed dense [numerator | counts]."""
-    dim = merged.shape[1] - 1
-    rows = nd.contrib.boolean_mask(
-        nd.arange(merged.shape[0], ctx=merged.context, dtype="int64"),
-        nd.slice_axis(merged, axis=1, begin=dim, end=None).reshape((-1,)) > 0)
-    if rows.shape[0] == 0:  # every position of the global batch was ignored
-        return None
-    picked = nd.take(merged, rows)
-    return (rows, nd.slice_axis(picked, axis=1, begin=0, end=dim),
-            nd.slice_axis(picked, axis=1, begin=dim, end=None))
+            self._allreduce(arrays[0])
+            return
+        key = self._dense_keys.get(name)
+        if key is None:
+            # Every worker asks for the same names in the same order, so the keys agree.
+            key = self._dense_keys[name] = _FIRST_SUM_KEY + len(self._dense_keys)
+            self._kvstore.init(key, nd.zeros_like(arrays[0]))
+        self._kvstore.push(key, arrays, priority=0)
+        self._kvstore.pull(key, arrays, priority=0)
 
 
 class CenterLoss(Loss):

@@ -18,15 +18,16 @@ sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."
 from gluon_losses import CenterLoss  # noqa: E402
 
 # Shared with the test, which replays the same batches in one process.
-NUM_CLASSES, FEATURE_DIM, BATCH, STEPS, ALPHA, SEED = 7, 4, 12, 4, 0.6, 3
+NUM_CLASSES, FEATURE_DIM, BATCH, STEPS, ALPHA, SEED = 40, 4, 48, 4, 0.6, 3
 
 
 def batches():
     rng = np.random.RandomState(SEED)
-    for _ in range(STEPS):
+    for step in range(STEPS):
         x = rng.randn(BATCH, FEATURE_DIM).astype(np.float32)
-        # Classes 0..4 only: 5 and 6 stay absent; -1 is ignored.
-        y = rng.randint(-1, 5, size=BATCH).astype(np.float32)
+        # A few classes first, then up to 30 (more rows than the smallest summed
+        # block holds); classes 30..39 stay absent; -1 is ignored.
+        y = rng.randint(-1, 5 if step == 0 else 30, size=BATCH).astype(np.float32)
         yield x, y
 
 
