@@ -477,6 +477,15 @@ def test_bad_inputs_raise_naming_the_argument(features, label, match):
         loss(nd.array(features), nd.array(label))
 
 
+def test_shape_errors_also_raise_when_hybridized():
+    loss = make_loss(3, 2, hybridize=True)
+    loss(nd.ones((4, 2)), nd.array([0, 1, 2, 0])).wait_to_read()
+    with pytest.raises(ValueError, match="feature_dim=2"):
+        loss(nd.ones((4, 3)), nd.array([0, 1, 2, 0]))
+    with pytest.raises(ValueError, match="features must be 2-D"):
+        loss(nd.ones((4, 2, 1)), nd.array([0, 1, 2, 0]))
+
+
 def test_uninitialized_and_misused_trainer():
     with pytest.raises(RuntimeError, match="initialize"):
         CenterLoss(3, 2)(nd.ones((1, 2)), nd.array([0]))
