@@ -68,6 +68,12 @@ def test_resume_continues_exactly(tmp_path):
     run(straight, "--epochs", "2", *common)
     run(split, "--epochs", "1", *common)
     first = params_of(split)
+    # resuming into another folder reads the first one's checkpoint
+    elsewhere = main(["--resume", str(split), "--out", str(tmp_path / "elsewhere"),
+                      "--epochs", "2", "--quiet"])
+    assert [h["epoch"] for h in elsewhere["history"]] == [1, 2]
+    for key, value in params_of(tmp_path / "elsewhere").items():
+        np.testing.assert_array_equal(value, params_of(straight)[key], err_msg=key)
     resumed = main(["--resume", str(split), "--epochs", "2", "--quiet"])
     assert [h["epoch"] for h in resumed["history"]] == [1, 2]
     a, b = params_of(straight), params_of(split)

@@ -486,13 +486,15 @@ def main(argv=None):
     trainer_map = {"net-trainer": net_trainer, "centers-trainer": center_trainer}
 
     history, start_epoch, elapsed_before = [], 0, 0.0
-    if resuming and os.path.exists(os.path.join(ckpt_dir, "checkpoint.json")):
-        record = load_checkpoint(ckpt_dir, blocks, trainer_map, ctx)
+    resume_dir = os.path.join(args.resume, CHECKPOINT_DIR) if resuming else None
+    if resuming and os.path.exists(os.path.join(resume_dir, "checkpoint.json")):
+        # --resume A --out B reads A's checkpoint and writes on in B
+        record = load_checkpoint(resume_dir, blocks, trainer_map, ctx)
         start_epoch, history = record["epoch"], record.get("history", [])
         elapsed_before = record.get("train_seconds", 0.0)
-        log.info("resumed %s at the end of epoch %d", ckpt_dir, start_epoch)
+        log.info("resumed %s at the end of epoch %d", resume_dir, start_epoch)
     elif resuming:
-        log.info("--resume %s: no checkpoint yet, starting from epoch 0", out)
+        log.info("--resume %s: no checkpoint yet, starting from epoch 0", args.resume)
 
     # ---- training
     from tqdm import tqdm
