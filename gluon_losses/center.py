@@ -18,6 +18,8 @@ global counts arrive summed over the whole batch, and every copy applies the sam
 update to the same numbers. The cost of a step grows with the batch, not with the
 number of classes.
 """
+import itertools
+
 import numpy as np
 import mxnet as mx
 from mxnet import gluon, nd
@@ -137,9 +139,14 @@ def apply_center_update(weight, counts, rows, numerator, batch_counts, alpha):
 # Labels travel in the features' dtype; float32 holds integers exactly up to 2**24.
 _MAX_CLASSES = 2 ** 24
 
-# Keys 0 and 1 hold centers and counts (gluon.Trainer's numbering); the dense sums
-# of the dist path take keys from 2 on.
-_FIRST_SUM_KEY = 2
+# A process holds one dist_sync kvstore, which the network's gluon.Trainer (keys 0,
+# 1, ... for its parameters) and CenterTrainer then share. CenterTrainer keys start
+# far above those, in a block of _KEYS_PER_TRAINER per trainer; trainers are numbered
+# in creation order, which is the same on every worker.
+_KEY_BASE = 1 << 24
+_KEYS_PER_TRAINER = 64
+_FIRST_SUM_KEY = 2  # after centers (0) and counts (1)
+_TRAINER_NUMBERS = itertools.count()
 
 
 class CenterTrainer(gluon.Trainer):
@@ -163,6 +170,10 @@ class CenterTrainer(gluon.Trainer):
         Center learning rate in (0, 1]. Settable later through ``trainer.alpha``.
     kvstore : str or KVStore or None
         As for ``gluon.Trainer``. Used only with several contexts or a ``dist`` type.
+        A ``dist_sync`` KVStore can be shared with the network's ``gluon.Trainer``
+        (this trainer's keys start at 2**24), which must then use
+        ``update_on_kvstore=False``: an optimizer on the servers would also apply to
+        the center statistics.
     allreduce : callable or None
         For data parallelism outside kvstore (Horovod): ``allreduce(array)`` must sum
         the dense ``array`` over all workers in place, e.g.
@@ -185,6 +196,7 @@ class CenterTrainer(gluon.Trainer):
             raise ValueError("compression_params is not supported by CenterTrainer: "
                              "compressed gradients would make Eq. 4 inexact")
         self.alpha = alpha
+        self._key_base = _KEY_BASE + _KEYS_PER_TRAINER * next(_TRAINER_NUMBERS)
         # The optimizer is never called; gluon.Trainer wants one to exist.
         super().__init__([centers, center_counts], "sgd", {"learning_rate": 0.0},
                          kvstore=kvstore, update_on_kvstore=False)
@@ -228,6 +240,15 @@ class CenterTrainer(gluon.Trainer):
         self._dense_keys = {}
         self._update_on_kvstore = False
         self._kv_initialized = True
+
+    def _init_params(self):
+        # gluon.Trainer's version, on this trainer's own keys: copies of centers and
+        # counts start from context 0 of worker 0.
+        if self._kvstore is not None:
+            for offset, param in enumerate(self._params):
+                arrays = param.list_data()
+                self._kvstore.broadcast(self._key_base + offset, arrays[0], arrays)
+        self._params_to_init = []
 
     def allreduce_grads(self):
         """Sum the center gradients over contexts and workers; see ``update``."""
@@ -273,10 +294,10 @@ class CenterTrainer(gluon.Trainer):
         if kv is not None and not self._distributed:
             # Local kvstores sum row_sparse pushes and hand the sum back on pull; both
             # keys receive the same index sets, so the two sums share their rows.
-            kv.push(0, grads, priority=0)
-            kv.pull(0, grads, priority=0, ignore_sparse=False)
-            kv.push(1, count_grads, priority=-1)
-            kv.pull(1, count_grads, priority=-1, ignore_sparse=False)
+            kv.push(self._key_base, grads, priority=0)
+            kv.pull(self._key_base, grads, priority=0, ignore_sparse=False)
+            kv.push(self._key_base + 1, count_grads, priority=-1)
+            kv.pull(self._key_base + 1, count_grads, priority=-1, ignore_sparse=False)
             return [(g.indices, g.data, n.data) for g, n in zip(grads, count_grads)]
         return self._reduce_across_workers(grads, count_grads)
 
@@ -332,7 +353,10 @@ class CenterTrainer(gluon.Trainer):
         key = self._dense_keys.get(name)
         if key is None:
             # Every worker asks for the same names in the same order, so the keys agree.
-            key = self._dense_keys[name] = _FIRST_SUM_KEY + len(self._dense_keys)
+            key = _FIRST_SUM_KEY + len(self._dense_keys)
+            if key >= _KEYS_PER_TRAINER:
+                raise RuntimeError("CenterTrainer ran out of kvstore keys")
+            key = self._dense_keys[name] = self._key_base + key
             self._kvstore.init(key, nd.zeros_like(arrays[0]))
         self._kvstore.push(key, arrays, priority=0)
         self._kvstore.pull(key, arrays, priority=0)

@@ -12,7 +12,7 @@ import sys
 
 import numpy as np
 import mxnet as mx
-from mxnet import autograd, nd
+from mxnet import autograd, gluon, nd
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 from gluon_losses import CenterLoss  # noqa: E402
@@ -39,6 +39,13 @@ def main(out_dir):
     if rank == 1:
         # Worker 0's centers win at the first step; this start must not matter.
         loss.centers.set_data(nd.ones(loss.centers.shape))
+    # A process holds one dist_sync kvstore: the network's trainer shares it (its keys
+    # 0, 1 must not meet the center trainer's), updating on the workers so that the
+    # servers only sum (an optimizer on the servers would apply to every key).
+    net = gluon.nn.Dense(3, in_units=FEATURE_DIM)
+    net.initialize(mx.init.Constant(0.1))
+    net_trainer = gluon.Trainer(net.collect_params(), "sgd", {"learning_rate": 0.1},
+                                kvstore=kv, update_on_kvstore=False)
     trainer = loss.trainer(kvstore=kv)
     part = BATCH // workers
     for step, (x, y) in enumerate(batches()):
@@ -46,12 +53,15 @@ def main(out_dir):
         ys = nd.array(y[rank * part:(rank + 1) * part])
         with autograd.record():
             out = loss(xs, ys)
-        out.backward()
+            other = net(xs).sum(axis=1)
+        autograd.backward([out, other])
+        net_trainer.step(BATCH)
         trainer.step(BATCH)
         np.save(os.path.join(out_dir, "centers_rank%d_step%d.npy" % (rank, step)),
                 loss.centers.data().asnumpy())
     np.save(os.path.join(out_dir, "counts_rank%d.npy" % rank),
             loss.center_counts.data().asnumpy())
+    np.save(os.path.join(out_dir, "net_rank%d.npy" % rank), net.weight.data().asnumpy())
 
 
 if __name__ == "__main__":

@@ -369,6 +369,13 @@ def test_dist_sync_loopback_workers_identical_and_equal_to_single(tmp_path):
     for r in (0, 1):
         np.testing.assert_array_equal(np.load(str(tmp_path / ("counts_rank%d.npy" % r)))[:, 0],
                                       counts)
+    # The network's trainer on the same kvstore: d(sum of outputs)/dW is the feature
+    # sum for every output unit, so SGD moves each row by lr * sum(x) / B per step.
+    feature_sum = sum(x.sum(axis=0) for x, _ in dist_worker.batches())
+    expected = 0.1 - 0.1 * np.tile(feature_sum, (3, 1)) / dist_worker.BATCH
+    for r in (0, 1):
+        np.testing.assert_allclose(np.load(str(tmp_path / ("net_rank%d.npy" % r))), expected,
+                                   rtol=1e-5, atol=1e-6)
 
 
 # ----------------------------------------------------- state, NaN, errors --
