@@ -86,7 +86,7 @@ def test_weighted_loss_receives_gluoncv_cls_pred_and_cls_targets(shapes_root):
     assert loss_out.shape == (batch,)
     assert parts[2] is loss_out
     assert all(np.isfinite(p.asnumpy()).all() for p in parts)
-    assert all(len(weight) == num_cls for _ in [0]) and weight[0] == args.background_weight
+    assert len(weight) == num_cls and weight[0] == args.background_weight
 
 
 def test_unit_weights_match_gluoncv_masked_softmax_loss(shapes_root):

@@ -45,7 +45,7 @@ def parse_args(argv=None):
         description="Faster R-CNN (GluonCV) with a class-weighted RCNN classification loss.",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     g = p.add_argument_group("data")
-    g.add_argument("--dataset", nargs="+", default=["shapes"], metavar="NAME [FILE ...]",
+    g.add_argument("--dataset", nargs="+", default=["shapes"], metavar="ARG",
                    help="'shapes' (generated, imbalanced; default), 'voc' (VOCdevkit under "
                         "--data-root) or 'lst TRAIN.lst [TEST.lst]' (GluonCV LstDetection)")
     g.add_argument("--data-root", default=None,
