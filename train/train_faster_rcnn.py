@@ -648,15 +648,24 @@ def summarize(argv=None):
     header = ["run", "RCNN cls loss"] + ["%s (%d)" % (c, n) for c, n in zip(classes, counts)] \
         + ["mAP", "wall time"]
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    groups = {}
     for run, res in results:
         a = res["args"]
         loss = "softmax (unweighted)" if res["rcnn_cls_loss"] == "softmax" else \
             "weighted, %s%s" % (a["class_weighting"],
                                 " beta=%g" % a["beta"] if a["class_weighting"] == "effective" else "")
         ap = res["final_ap"]
+        groups.setdefault(loss, []).append(ap)
         lines.append("| " + " | ".join(
-            [os.path.basename(run.rstrip("/")), loss] + ["%.3f" % ap[c] for c in classes]
+            ["%s (seed %d)" % (os.path.basename(run.rstrip("/")), a["seed"]), loss]
+            + ["%.3f" % ap[c] for c in classes]
             + ["**%.3f**" % ap["mAP"], "%.0f s" % res["wall_time_s"]]) + " |")
+    for loss, aps in groups.items():  # several seeds of one configuration: their mean
+        if len(aps) > 1:
+            lines.append("| " + " | ".join(
+                ["mean of %d seeds" % len(aps), loss]
+                + ["%.3f" % np.mean([ap[c] for ap in aps]) for c in classes]
+                + ["**%.3f**" % np.mean([ap["mAP"] for ap in aps]), ""]) + " |")
     print("\n".join(lines))
     if args.plot:
         import matplotlib
