@@ -142,8 +142,9 @@ _MAX_CLASSES = 2 ** 24
 # A process holds one dist_sync kvstore, which the network's gluon.Trainer (keys 0,
 # 1, ... for its parameters) and CenterTrainer then share. CenterTrainer keys start
 # far above those, in a block of _KEYS_PER_TRAINER per trainer; trainers are numbered
-# in creation order, which is the same on every worker.
-_KEY_BASE = 1 << 24
+# in creation order, which is the same on every worker. Not higher: ps-lite picks a
+# key's server with int arithmetic (key * 9973), which must not overflow.
+_KEY_BASE = 100000
 _KEYS_PER_TRAINER = 64
 _FIRST_SUM_KEY = 2  # after centers (0) and counts (1)
 _TRAINER_NUMBERS = itertools.count()
@@ -171,7 +172,7 @@ class CenterTrainer(gluon.Trainer):
     kvstore : str or KVStore or None
         As for ``gluon.Trainer``. Used only with several contexts or a ``dist`` type.
         A ``dist_sync`` KVStore can be shared with the network's ``gluon.Trainer``
-        (this trainer's keys start at 2**24), which must then use
+        (this trainer's keys start at 100000), which must then use
         ``update_on_kvstore=False``: an optimizer on the servers would also apply to
         the center statistics.
     allreduce : callable or None
@@ -309,7 +310,8 @@ class CenterTrainer(gluon.Trainer):
         Horovod's allreduce is dense. So the counts go first, dense (K floats); their
         nonzero rows U are the union of every worker's classes, the same list on all
         workers. Each worker then writes its numerator rows at their places in U into
-        a dense (|U|, D) block (|U| <= the global batch), and the blocks are summed.
+        a dense (H, D) block, H = |U| rounded up to a power of two (|U| is at most the
+        global batch), and the blocks are summed.
         """
         num_classes = count_grads[0].shape[0]
         counts = [n.tostype("default") for n in count_grads]
@@ -326,10 +328,12 @@ class CenterTrainer(gluon.Trainer):
         blocks = []
         for g in grads:
             ctx = g.context
+            # place[j] = position of class j in U, or -1.
             place = nd.full((num_classes,), -1, ctx=ctx)
             nd._internal._scatter_set_nd(
-                lhs=place, rhs=nd.arange(used, ctx=ctx), indices=rows.as_in_context(ctx).reshape((1, -1)),
-                shape=place.shape, out=place)
+                lhs=place, rhs=nd.arange(used, ctx=ctx),
+                indices=rows.as_in_context(ctx).reshape((1, -1)), shape=place.shape,
+                out=place)
             local = nd.take(place, g.indices)
             # Rows this worker saw only as ignored positions are not in U.
             present = local >= 0

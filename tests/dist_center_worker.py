@@ -46,6 +46,14 @@ def main(out_dir):
     net.initialize(mx.init.Constant(0.1))
     net_trainer = gluon.Trainer(net.collect_params(), "sgd", {"learning_rate": 0.1},
                                 kvstore=kv, update_on_kvstore=False)
+    # gluon.Trainer broadcasts its parameters lazily inside the first step(), and on
+    # CPU the dist kvstore lets that step's gradient push overtake the broadcast's
+    # pull, so a worker can start from the summed gradient instead of the weights
+    # (MXNet 1.9, kvstore_dist.h reuses the push buffer without waiting). Broadcast
+    # up front and wait. CenterTrainer broadcasts when created, before any push.
+    net_trainer._init_kvstore()
+    net_trainer._init_params()
+    mx.nd.waitall()
     trainer = loss.trainer(kvstore=kv)
     part = BATCH // workers
     for step, (x, y) in enumerate(batches()):
