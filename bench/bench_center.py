@@ -204,7 +204,7 @@ def main(argv=None):
         ours = med["ours"]
         cells = [_ms(med[k]) if k in med else "skipped" for k in ("loop", "matrix")]
         ratios = [_ratio(med[k], ours) if k in med else "-" for k in ("loop", "matrix")]
-        print("| %s | %s | %s | %s | %s | %s |" % ((name, _ms(ours)) + tuple(cells) + tuple(ratios)))
+        print("| %s |" % " | ".join([name, _ms(ours)] + cells + ratios))
         del contenders
 
     contenders = {}

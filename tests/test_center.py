@@ -134,8 +134,8 @@ def test_backward_on_sum_of_per_sample_losses_gives_eq4():
         out = loss(features, nd.array(y)) + 0 * features.sum(axis=1)
     autograd.backward([out])
     trainer.step(6)
-    np.testing.assert_allclose(loss.centers.data().asnumpy(), eq4_reference(np.zeros((2, 3)), x, y, 0.5),
-                               rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(loss.centers.data().asnumpy(),
+                               eq4_reference(np.zeros((2, 3)), x, y, 0.5), rtol=1e-5, atol=1e-6)
 
 
 def test_feature_gradient_finite_difference():
@@ -334,10 +334,10 @@ def test_dist_sync_loopback_workers_identical_and_equal_to_single(tmp_path):
     env = dict(os.environ, DMLC_PS_ROOT_URI="127.0.0.1", DMLC_PS_ROOT_PORT=str(_free_port()),
                DMLC_NUM_SERVER="1", DMLC_NUM_WORKER="2", OMP_NUM_THREADS="1",
                PYTHONPATH=ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    worker = [sys.executable, os.path.join(HERE, "dist_center_worker.py"), str(tmp_path)]
     launch = [("scheduler", [sys.executable, "-c", "import mxnet"]),
               ("server", [sys.executable, "-c", "import mxnet"]),
-              ("worker", [sys.executable, os.path.join(HERE, "dist_center_worker.py"), str(tmp_path)]),
-              ("worker", [sys.executable, os.path.join(HERE, "dist_center_worker.py"), str(tmp_path)])]
+              ("worker", worker), ("worker", worker)]
     procs = []
     try:
         for role, cmd in launch:
