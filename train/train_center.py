@@ -225,52 +225,14 @@ def make_logger(out_dir):
     return logger
 
 
-class KeyOffsetKVStore(mx.kv.KVStore):
-    """A view of ``kvstore`` whose keys are shifted by ``offset``.
-
-    A process can hold only one ``dist_sync`` kvstore, and ``gluon.Trainer`` as well as
-    ``CenterTrainer`` number their keys from 0; the network trainer uses the store
-    itself, the center trainer this view, so their keys never meet. The view shares
-    the store's handle and never frees it.
-    """
-
-    def __init__(self, kvstore, offset):                # pylint: disable=super-init-not-called
-        self.__dict__.update(kvstore.__dict__)
-        self._base, self._offset = kvstore, offset
-
-    def __del__(self):
-        pass
-
-    def _shift(self, key):
-        if isinstance(key, (list, tuple)):
-            return [self._shift(k) for k in key]
-        return key + self._offset if isinstance(key, int) else "%s_%d" % (key, self._offset)
-
-    def init(self, key, value):
-        return super().init(self._shift(key), value)
-
-    def push(self, key, value, priority=0):
-        return super().push(self._shift(key), value, priority)
-
-    def pull(self, key, out=None, priority=0, ignore_sparse=True):
-        return super().pull(self._shift(key), out, priority, ignore_sparse)
-
-    def pushpull(self, key, value, out=None, priority=0):
-        return super().pushpull(self._shift(key), value, out, priority)
-
-    def broadcast(self, key, value, out, priority=0):
-        return super().broadcast(self._shift(key), value, out, priority)
-
-    def row_sparse_pull(self, key, out=None, priority=0, row_ids=None):
-        return super().row_sparse_pull(self._shift(key), out, priority, row_ids)
-
-
 def make_kvstores(kind):
     """``(network kvstore, center kvstore, rank, workers)`` for ``--kvstore kind``."""
     if "dist" not in kind:
         return kind, kind, 0, 1
+    # A process can hold only one dist_sync kvstore: the network trainer and the
+    # CenterTrainer share it (CenterTrainer keeps its keys apart from gluon.Trainer's).
     kv = mx.kv.create(kind)
-    return kv, KeyOffsetKVStore(kv, 1000), kv.rank, kv.num_workers
+    return kv, kv, kv.rank, kv.num_workers
 
 
 def make_class_weight(kind, counts, beta):
@@ -477,6 +439,13 @@ def main(argv=None):
     net_params.update(nets["center"].collect_params())
     net_trainer = gluon.Trainer(net_params, args.optimizer, opt_params, kvstore=net_kv,
                                 update_on_kvstore=False)
+    if workers > 1 or "dist" in args.kvstore:
+        # gluon.Trainer broadcasts lazily inside its first step(), and on CPU the dist
+        # kvstore can let that step's gradient push overtake the broadcast's pull (MXNet
+        # 1.9; see docs/center.md). Broadcast now and wait.
+        net_trainer._init_kvstore()
+        net_trainer._init_params()
+        mx.nd.waitall()
     center_trainer = center_loss.trainer(kvstore=center_kv)
     if args.hybridize:
         for block in (nets["softmax"], nets["center"], ce["softmax"], ce["center"], center_loss):
