@@ -1,7 +1,5 @@
 """CenterLoss: value, gradient and the paper's center update (Wen et al. 2016, Eq. 4)."""
 import os
-import socket
-import subprocess
 import sys
 import time
 
@@ -16,6 +14,7 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
 sys.path.insert(0, HERE)
 import dist_center_worker as dist_worker  # noqa: E402
+from loopback_cluster import run_dist_sync, skip_unless_dist
 
 
 # ---------------------------------------------------------------- references --
@@ -322,40 +321,11 @@ def test_allreduce_hook_for_horovod_style_data_parallelism():
 
 # ------------------------------------------------------------- dist_sync --
 
-def _free_port():
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-@pytest.mark.skipif(os.environ.get("GLUON_LOSSES_SKIP_DIST") == "1",
-                    reason="GLUON_LOSSES_SKIP_DIST=1")
+@skip_unless_dist
 def test_dist_sync_loopback_workers_identical_and_equal_to_single(tmp_path):
-    env = dict(os.environ, DMLC_PS_ROOT_URI="127.0.0.1", DMLC_PS_ROOT_PORT=str(_free_port()),
-               DMLC_NUM_SERVER="1", DMLC_NUM_WORKER="2", OMP_NUM_THREADS="1",
-               PYTHONPATH=ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""))
-    worker = [sys.executable, os.path.join(HERE, "dist_center_worker.py"), str(tmp_path)]
-    launch = [("scheduler", [sys.executable, "-c", "import mxnet"]),
-              ("server", [sys.executable, "-c", "import mxnet"]),
-              ("worker", worker), ("worker", worker)]
-    procs = []
-    try:
-        for role, cmd in launch:
-            procs.append(subprocess.Popen(cmd, env=dict(env, DMLC_ROLE=role), cwd=ROOT,
-                                          stdout=subprocess.PIPE, stderr=subprocess.STDOUT))
-        deadline = time.time() + 120
-        for proc in procs[2:]:
-            try:
-                output, _ = proc.communicate(timeout=max(1, deadline - time.time()))
-            except subprocess.TimeoutExpired:
-                pytest.fail("dist_sync worker did not finish within 120 s")
-            assert proc.returncode == 0, output.decode(errors="replace")[-3000:]
-    finally:
-        for proc in procs:
-            if proc.poll() is None:
-                proc.kill()
-        for proc in procs:
-            proc.wait(timeout=30)
+    env = dict(os.environ, PYTHONPATH=ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    run_dist_sync([os.path.join(HERE, "dist_center_worker.py"), str(tmp_path)], cwd=ROOT,
+                  env=env)
 
     ref = np.zeros((dist_worker.NUM_CLASSES, dist_worker.FEATURE_DIM))
     counts = np.zeros(dist_worker.NUM_CLASSES)

@@ -11,6 +11,7 @@ import pytest
 
 from train import center_data
 from train.train_center import main
+from loopback_cluster import run_dist_sync, skip_unless_dist
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # A small network and a few batches keep each run to a few seconds.
@@ -188,36 +189,12 @@ def test_network_gradients_hybridized_match_imperative_and_finite_differences():
         assert abs(numeric - grads[1]["n_prelu1_alpha"][j]) < 0.05 * abs(numeric) + 2e-3
 
 
-def _free_port():
-    import socket
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-@pytest.mark.skipif(os.environ.get("GLUON_LOSSES_SKIP_DIST") == "1",
-                    reason="GLUON_LOSSES_SKIP_DIST=1")
+@skip_unless_dist
 def test_dist_sync_two_workers_agree_and_equal_one_process(tmp_path):
     """Loopback dist_sync: each worker trains on its half of every batch."""
     args = ["--out", str(tmp_path / "dist"), "--kvstore", "dist_sync", "--epochs", "1",
             "--max-batches", "3"] + TINY
-    env = dict(os.environ, DMLC_PS_ROOT_URI="127.0.0.1", DMLC_PS_ROOT_PORT=str(_free_port()),
-               DMLC_NUM_SERVER="1", DMLC_NUM_WORKER="2", OMP_NUM_THREADS="1")
-    roles = [("scheduler", ["-c", "import mxnet"]), ("server", ["-c", "import mxnet"]),
-             ("worker", ["-m", "train.train_center"] + args),
-             ("worker", ["-m", "train.train_center"] + args)]
-    procs = [subprocess.Popen([sys.executable] + cmd, env=dict(env, DMLC_ROLE=role), cwd=ROOT,
-                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
-             for role, cmd in roles]
-    try:
-        for proc in procs[2:]:
-            output, _ = proc.communicate(timeout=120)
-            assert proc.returncode == 0, output.decode(errors="replace")[-3000:]
-    finally:
-        for proc in procs:
-            if proc.poll() is None:
-                proc.kill()
-            proc.wait(timeout=30)
+    run_dist_sync(["-m", "train.train_center"] + args, cwd=ROOT)
     run(tmp_path / "single", "--epochs", "1", "--max-batches", "3")
     rank0, rank1 = params_of(tmp_path / "dist"), params_of(tmp_path / "dist" / "worker-1")
     single = params_of(tmp_path / "single")

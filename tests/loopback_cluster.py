@@ -1,0 +1,47 @@
+"""Start an MXNet dist_sync cluster on 127.0.0.1 for a test, bounded in time and cleaned up."""
+import os
+import socket
+import subprocess
+import sys
+
+import pytest
+
+skip_unless_dist = pytest.mark.skipif(os.environ.get("GLUON_LOSSES_SKIP_DIST") == "1",
+                                      reason="GLUON_LOSSES_SKIP_DIST=1")
+
+
+def free_port():
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def run_dist_sync(worker_args, cwd, num_workers=2, timeout=120, env=None):
+    """Run a scheduler, one server and ``num_workers`` copies of ``python worker_args``.
+
+    Every worker must exit 0 within ``timeout`` seconds in all, or the test fails with
+    its output. Whatever happens, every process started here is killed and reaped.
+    """
+    env = dict(os.environ if env is None else env, DMLC_PS_ROOT_URI="127.0.0.1",
+               DMLC_PS_ROOT_PORT=str(free_port()), DMLC_NUM_SERVER="1",
+               DMLC_NUM_WORKER=str(num_workers), OMP_NUM_THREADS="1")
+    idle = ["-c", "import mxnet"]  # importing mxnet with DMLC_ROLE set runs that role
+    roles = [("scheduler", idle), ("server", idle)] + [("worker", list(worker_args))] * num_workers
+    procs = []
+    try:
+        for role, args in roles:
+            procs.append(subprocess.Popen([sys.executable] + args, env=dict(env, DMLC_ROLE=role),
+                                          cwd=cwd, stdout=subprocess.PIPE,
+                                          stderr=subprocess.STDOUT))
+        for proc in procs[2:]:
+            try:
+                output, _ = proc.communicate(timeout=timeout)
+            except subprocess.TimeoutExpired:
+                pytest.fail("a dist_sync worker did not finish within %d s" % timeout)
+            assert proc.returncode == 0, output.decode(errors="replace")[-3000:]
+    finally:
+        for proc in procs:
+            if proc.poll() is None:
+                proc.kill()
+        for proc in procs:
+            proc.wait(timeout=30)
