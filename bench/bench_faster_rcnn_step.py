@@ -115,8 +115,9 @@ def main(argv=None):
 
     med = {k: float(np.median(v)) for k, v in times.items()}
     lmed = {k: float(np.median(v)) for k, v in loss_times.items()}
-    print("Faster R-CNN (tiny backbone, %dx%d px, batch %d, %s, %d CPU threads visible)" % (
-        targs.shapes_size, targs.shapes_size, args.batch_size,
+    print("Faster R-CNN (tiny backbone, %d-px images resized to %dx%d, batch %d, %s, "
+          "%d CPUs visible)" % (
+        targs.shapes_size, shard[0].shape[2], shard[0].shape[3], args.batch_size,
         "hybridized" if args.hybridize else "imperative", os.cpu_count()))
     print("cls_pred %s, cls_targets %s (-1 entries: %d)" % (
         cls_pred.shape, cls_targets.shape, int((cls_targets == -1).sum().asscalar())))
