@@ -648,7 +648,7 @@ def summarize(argv=None):
     header = ["run", "RCNN cls loss"] + ["%s (%d)" % (c, n) for c, n in zip(classes, counts)] \
         + ["mAP", "wall time"]
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    groups = {}
+    groups, labels = {}, []
     for run, res in results:
         a = res["args"]
         loss = "softmax (unweighted)" if res["rcnn_cls_loss"] == "softmax" else \
@@ -656,6 +656,7 @@ def summarize(argv=None):
                                 " beta=%g" % a["beta"] if a["class_weighting"] == "effective" else "")
         ap = res["final_ap"]
         groups.setdefault(loss, []).append(ap)
+        labels.append(loss)
         lines.append("| " + " | ".join(
             ["%s (seed %d)" % (os.path.basename(run.rstrip("/")), a["seed"]), loss]
             + ["%.3f" % ap[c] for c in classes]
@@ -672,18 +673,22 @@ def summarize(argv=None):
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
         fig, axes = plt.subplots(1, 2, figsize=(9, 3.2))
-        for run, res in results:
+        configs = list(groups)  # one colour per configuration, one line style per seed
+        styles = ("-", "--", ":", "-.")
+        seeds = sorted({res["args"]["seed"] for _, res in results})
+        for (run, res), loss in zip(results, labels):
             pts = [(h["epoch"] + 1, h["ap"]) for h in res["history"] if "ap" in h]
-            label = os.path.basename(run.rstrip("/"))
-            axes[0].plot([e for e, _ in pts], [ap["mAP"] for _, ap in pts], marker="o", label=label)
-            axes[1].plot([e for e, _ in pts], [ap[classes[-1]] for _, ap in pts], marker="o",
-                         label=label)
+            kw = dict(marker="o", markersize=3, color="C%d" % configs.index(loss),
+                      linestyle=styles[seeds.index(res["args"]["seed"]) % len(styles)],
+                      label="%s, seed %d" % (loss, res["args"]["seed"]))
+            axes[0].plot([e for e, _ in pts], [ap["mAP"] for _, ap in pts], **kw)
+            axes[1].plot([e for e, _ in pts], [ap[classes[-1]] for _, ap in pts], **kw)
         axes[0].set_title("test mAP (VOC07)")
         axes[1].set_title("test AP of the rarest class (%s)" % classes[-1])
         for ax in axes:
             ax.set_xlabel("epoch")
             ax.grid(alpha=0.3)
-        axes[0].legend(fontsize=7)
+        axes[0].legend(fontsize=6)
         fig.tight_layout()
         os.makedirs(os.path.dirname(os.path.abspath(args.plot)), exist_ok=True)
         fig.savefig(args.plot, dpi=80)
