@@ -12,7 +12,7 @@ gets feature scatter plots, loss curves, ``metrics.json`` and the parameters.
     python -m train.train_center --resume runs/demo --epochs 40
     python -m train.train_center --imbalance 10              # class weights switch on
 
-See docs/train_center.md for every flag and a results table.
+See the README (section "Softmax vs softmax + center loss") for every flag and the results.
 """
 import argparse
 import logging
@@ -442,7 +442,7 @@ def main(argv=None):
     if workers > 1 or "dist" in args.kvstore:
         # gluon.Trainer broadcasts lazily inside its first step(), and on CPU the dist
         # kvstore can let that step's gradient push overtake the broadcast's pull (MXNet
-        # 1.9; see docs/center.md). Broadcast now and wait.
+        # 1.9; see the README, CenterLoss, dist_sync). Broadcast now and wait.
         net_trainer._init_kvstore()
         net_trainer._init_params()
         mx.nd.waitall()
