@@ -82,8 +82,9 @@ def parse_args(argv=None):
     g.add_argument("--class-weighting", choices=WEIGHTINGS, default="effective",
                    help="foreground class weights from the training labels "
                         "(gluon_losses.class_weights); 'none' gives all ones")
-    g.add_argument("--beta", type=float, default=0.999,
-                   help="effective-number beta (Cui et al. 2019)")
+    g.add_argument("--beta", type=float, default=0.99,
+                   help="effective-number beta (Cui et al. 2019); 0.999 is close to inverse "
+                        "frequency on the shapes set, see docs/faster_rcnn.md")
     g.add_argument("--background-weight", type=float, default=1.0,
                    help="weight of class 0 (background) in the RCNN classification loss")
     g.add_argument("--weight-scale", choices=("counted-mean", "library"), default="counted-mean",
