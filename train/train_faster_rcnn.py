@@ -281,7 +281,9 @@ def build_net(args, classes):
             net = faster_rcnn_resnet50_v1b_custom(classes, pretrained_base=pretrained,
                                                   root=args.model_root, **kwargs)
         else:
-            from gluoncv.model_zoo.rcnn.faster_rcnn import custom_faster_rcnn_fpn
+            # the module path matters: the package re-exports the double-head variant
+            # under the same name
+            from gluoncv.model_zoo.rcnn.faster_rcnn.faster_rcnn import custom_faster_rcnn_fpn
             net = custom_faster_rcnn_fpn(classes, pretrained_base=pretrained,
                                          base_network_name="resnet50_v1b", short=800,
                                          max_size=1333, min_stage=2, max_stage=6, nms_thresh=0.5,
@@ -308,7 +310,14 @@ def init_net(net, ctx):
     net.target_generator.collect_params().reset_ctx(ctx)
     for param in net.collect_params().values():
         if param._data is None:
-            param.initialize(default_init=mx.init.Xavier(magnitude=2), ctx=ctx)
+            # a parameter without an initializer of its own (e.g. in the FPN's SymbolBlock)
+            # is chosen one by its name: zeros / ones for biases and norms, Xavier otherwise
+            own = None
+            if param.init is None and param.name.endswith(("bias", "beta", "running_mean")):
+                own = mx.init.Zero()
+            elif param.init is None and param.name.endswith(("gamma", "running_var")):
+                own = mx.init.One()
+            param.initialize(init=own, default_init=mx.init.Xavier(magnitude=2), ctx=ctx)
         else:
             param.reset_ctx(ctx)
     # only the train_patterns parameters learn (all of them for the tiny network)
