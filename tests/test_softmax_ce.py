@@ -573,3 +573,30 @@ def test_segmentation_weight_mean_pinned_to_pytorch():
                    [[0.06281186181134427, 0.0], [0.01570296545283606, -0.4094240143958987]],
                    [[0.0751994515705491, 0.0], [-0.02881918472641034, 0.11500734590576735]]]]
     np.testing.assert_allclose(grad, torch_grad, rtol=1e-5, atol=1e-7)
+
+
+class PredAndLabelNet(gluon.HybridBlock):
+    """Returns logits and labels that are both differentiable outputs of one graph."""
+
+    def hybrid_forward(self, F, x):
+        label = F.slice_axis(x, axis=1, begin=0, end=1).reshape((-1,)) * 0 + F.arange(4) % 3
+        return x * 2, label
+
+
+@pytest.mark.parametrize("hybridize", [False, True])
+def test_labels_from_a_recorded_graph_need_no_detach(hybridize):
+    """GluonCV's cls_targets come out of the recorded network; take/pick must not fail."""
+    net = PredAndLabelNet()
+    net.hybridize()
+    loss_fn = WeightedSoftmaxCELoss([1.0, 2.0, 3.0])
+    if hybridize:
+        loss_fn.hybridize()
+    x = mx.nd.array(np.random.RandomState(24).uniform(-3, 3, (4, 3)))
+    x.attach_grad()
+    with autograd.record():
+        pred, label = net(x)
+        loss = loss_fn(pred, label)
+    loss.backward()
+    _, expected = run_loss(WeightedSoftmaxCELoss([1.0, 2.0, 3.0]), 2 * x.asnumpy(),
+                           np.arange(4) % 3)
+    np.testing.assert_allclose(x.grad.asnumpy(), 2 * expected, rtol=1e-5)
