@@ -26,7 +26,7 @@ from mxnet import gluon, nd
 from mxnet.gluon.loss import Loss
 
 from .checks import (check_float, check_ignore_label, check_int, check_labels, check_shape,
-                     poison_invalid)
+                     detached_label, poison_invalid)
 
 __all__ = ["CenterLoss", "CenterTrainer", "center_loss", "apply_center_update", "eq4_rows"]
 
@@ -45,6 +45,7 @@ def center_loss(F, features, label, centers, center_counts, num_classes, feature
     the samples whose label is kept and whose features are finite. Being gradients,
     they add up over devices and workers like any other.
     """
+    label = detached_label(F, label)
     # Ignored positions point at class 0 and invalid ones at the nearest class, so
     # Embedding never sees an index it would clip; `keep` masks both out below.
     if ignore_label is None:

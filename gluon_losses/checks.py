@@ -101,6 +101,17 @@ def check_labels(label, num_classes, ignore_label, name="label"):
                          % (name, bad.flat[0].item(), num_classes, ignored))
 
 
+def detached_label(F, label):
+    """``label`` cut from autograd.
+
+    Labels often come out of a recorded graph (GluonCV's target generator), and the
+    ops that read them as indices (pick, take, Embedding) refuse to be asked for an
+    index gradient ("wrong req", "Embedding layer doesn't support calculate data
+    gradient"). Labels never need one.
+    """
+    return F.BlockGrad(label)
+
+
 def out_of_range(F, index, num_classes):
     """1 where ``index`` is not a class in [0, num_classes), else 0.
 

@@ -10,7 +10,8 @@ import mxnet as mx
 from mxnet.gluon.loss import Loss
 
 from .checks import (apply_scalar_weight, as_weight_vector, check_choice, check_float,
-                     check_ignore_label, check_labels, check_shape, ensure_on_context)
+                     check_ignore_label, check_labels, check_shape, detached_label,
+                     ensure_on_context)
 
 __all__ = ["WeightedSoftmaxCELoss", "weighted_softmax_ce", "NORMALIZATIONS"]
 
@@ -73,10 +74,7 @@ def weighted_softmax_ce(F, pred, label, class_weight=None, sample_weight=None, a
     """
     log_prob = pred if from_logits else F.log_softmax(pred, axis=axis)
     if sparse_label:
-        # Labels often come out of a recorded graph (GluonCV's target generator);
-        # cutting them from autograd keeps take/pick from being asked for an index
-        # gradient, which they cannot accumulate ("wrong req").
-        label = F.BlockGrad(label)
+        label = detached_label(F, label)
         keep = None if ignore_label is None else label != ignore_label
         # Ignored positions are pointed at class 0 before pick/take, so -1 or 255 is
         # never clipped into a real class; their weight of 0 removes them afterwards.

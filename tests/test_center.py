@@ -15,6 +15,7 @@ ROOT = os.path.dirname(HERE)
 sys.path.insert(0, HERE)
 import dist_center_worker as dist_worker  # noqa: E402
 from loopback_cluster import run_dist_sync, skip_unless_dist
+from recorded_labels import OutputsAndLabels
 
 
 # ---------------------------------------------------------------- references --
@@ -526,3 +527,23 @@ def test_joint_training_with_weighted_softmax_ce(hybridize):
         np.testing.assert_allclose(center.centers.data().asnumpy(), ref, rtol=1e-5, atol=1e-6)
         assert np.abs(grad_before).sum() > 0
         assert np.isfinite(total.asnumpy()).all()
+
+
+@pytest.mark.parametrize("hybridize", [False, True])
+def test_labels_from_a_recorded_graph_need_no_detach(hybridize):
+    """Embedding must not be asked for a gradient of labels that a network produced."""
+    net = OutputsAndLabels()
+    net.hybridize()
+    loss = make_loss(3, 3, hybridize=hybridize, alpha=0.5)
+    trainer = loss.trainer()
+    x = nd.array(np.random.RandomState(25).uniform(-3, 3, (4, 3)))
+    x.attach_grad()
+    with autograd.record():
+        features, label = net(x)
+        out = loss(features, label)
+    out.backward()
+    trainer.step(4)
+    y = np.arange(4) % 3
+    expected = eq4_reference(np.zeros((3, 3)), 2 * x.asnumpy(), y, 0.5)
+    np.testing.assert_allclose(loss.centers.data().asnumpy(), expected, rtol=1e-6, atol=1e-6)
+    np.testing.assert_allclose(x.grad.asnumpy(), 2 * 2 * x.asnumpy(), rtol=1e-6)

@@ -10,6 +10,7 @@ from hypothesis import given, settings, strategies as st, HealthCheck
 
 from gluon_losses import WeightedSoftmaxCELoss, weighted_softmax_ce
 import reference
+from recorded_labels import OutputsAndLabels
 
 NORMALIZATIONS = ["valid", "batch", "weight", "null", "none"]
 CASES = [  # (pred shape, axis): the three layouts the issue names
@@ -575,18 +576,10 @@ def test_segmentation_weight_mean_pinned_to_pytorch():
     np.testing.assert_allclose(grad, torch_grad, rtol=1e-5, atol=1e-7)
 
 
-class PredAndLabelNet(gluon.HybridBlock):
-    """Returns logits and labels that are both differentiable outputs of one graph."""
-
-    def hybrid_forward(self, F, x):
-        label = F.slice_axis(x, axis=1, begin=0, end=1).reshape((-1,)) * 0 + F.arange(4) % 3
-        return x * 2, label
-
-
 @pytest.mark.parametrize("hybridize", [False, True])
 def test_labels_from_a_recorded_graph_need_no_detach(hybridize):
     """GluonCV's cls_targets come out of the recorded network; take/pick must not fail."""
-    net = PredAndLabelNet()
+    net = OutputsAndLabels()
     net.hybridize()
     loss_fn = WeightedSoftmaxCELoss([1.0, 2.0, 3.0])
     if hybridize:
