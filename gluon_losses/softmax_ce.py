@@ -73,22 +73,28 @@ def weighted_softmax_ce(F, pred, label, class_weight=None, sample_weight=None, a
     ``axis``).
     """
     log_prob = pred if from_logits else F.log_softmax(pred, axis=axis)
+    label = detached_label(F, label)
+    sign = 1.0
     if sparse_label:
-        label = detached_label(F, label)
         keep = None if ignore_label is None else label != ignore_label
         # Ignored positions are pointed at class 0 before pick/take, so -1 or 255 is
         # never clipped into a real class; their weight of 0 removes them afterwards.
         index = label if keep is None else label * keep
         target_log_prob = F.pick(log_prob, index, axis=axis)
-        loss = -target_log_prob
-        if label_smoothing > 0:
-            loss = (1 - label_smoothing) * loss - label_smoothing * F.mean(log_prob, axis=axis)
-        if gamma > 0:
-            loss = _focal_factor(F, target_log_prob, gamma) * loss
+        if label_smoothing == 0 and gamma == 0:
+            # The minus sign goes into the label-side factor: one fewer backward node.
+            value, sign = target_log_prob, -1.0
+        else:
+            value = -target_log_prob
+            if label_smoothing > 0:
+                value = (1 - label_smoothing) * value - label_smoothing * F.mean(log_prob,
+                                                                                 axis=axis)
+            if gamma > 0:
+                value = _focal_factor(F, target_log_prob, gamma) * value
         position_weight = F.take(_guarded_class_weight(F, class_weight, pred, axis), index + 1)
         if keep is not None:
             position_weight = position_weight * keep
-        loss = loss * position_weight
+        positions = label
     else:
         if class_weight is not None:
             class_weight = F.reshape(class_weight, shape=_class_axis_shape(axis, ndim))
@@ -101,14 +107,20 @@ def weighted_softmax_ce(F, pred, label, class_weight=None, sample_weight=None, a
             per_class = per_class * _focal_factor(F, log_prob, gamma)
         if class_weight is not None:
             per_class = F.broadcast_mul(per_class, class_weight)
-        loss = -F.sum(per_class, axis=axis)
+        value = -F.sum(per_class, axis=axis)
         keep = position_weight = None
-    if sample_weight is not None:
-        loss = F.broadcast_mul(loss, sample_weight)
-    if normalization == "none":
-        return loss
-    return _normalize(F, loss, normalization, keep, position_weight, sample_weight, batch_axis,
-                      per_sample_is_position=ndim == 2)
+        # A label-side array shaped like the positions (pred without the class axis).
+        positions = F.sum(F.slice_axis(label, axis=axis, begin=0, end=1), axis=axis)
+    weight = _product(F, position_weight, sample_weight)
+    if normalization != "none":
+        weight = _product(F, weight, _normalizer(F, normalization, keep, weight, positions))
+    if sign < 0:
+        weight = -weight if weight is not None else None
+        value = value if weight is not None else -value
+    loss = value if weight is None else F.broadcast_mul(value, weight)
+    if normalization == "none" or ndim == 2:
+        return loss  # with 1-D labels every position is a sample
+    return F.mean(loss, axis=batch_axis, exclude=True)
 
 
 def _focal_factor(F, log_prob, gamma):
@@ -117,37 +129,37 @@ def _focal_factor(F, log_prob, gamma):
     return F.exp(gamma * F.log(one_minus_p))
 
 
-def _normalize(F, loss, normalization, keep, position_weight, sample_weight, batch_axis,
-               per_sample_is_position=False):
-    r"""Per-sample ``(batch,)`` values whose batch mean is :math:`\sum_i l_i / Z`.
+def _product(F, a, b):
+    """Broadcast product of two optional label-side factors (None stands for 1)."""
+    if a is None or b is None:
+        return b if a is None else a
+    return F.broadcast_mul(a, b)
+
+
+def _normalizer(F, normalization, keep, weight, positions):
+    r"""The label-side scale :math:`BP/Z` (a (1,) array), or None where it is 1.
 
     With :math:`P` positions per sample, :math:`\frac{B}{Z}\sum_{i\in b} l_i
-    = \frac{BP}{Z}\,\mathrm{mean}_{i \in b}\, l_i`, and :math:`BP` is the loss's
-    size, so no batch size is needed inside the graph.
+    = \frac{BP}{Z}\,\mathrm{mean}_{i \in b}\, l_i`, and :math:`BP` is the number of
+    label positions, so no batch size is needed inside the graph. Computed from labels
+    and weights only, it adds no node to the backward pass.
     """
-    if per_sample_is_position:
-        per_sample_mean = loss
-    else:
-        per_sample_mean = F.mean(loss, axis=batch_axis, exclude=True)
     if normalization == "batch":
-        return per_sample_mean
-    size = F.cast(F.size_array(loss), "float32")
+        return None
+    size = F.cast(F.size_array(positions), "float32")
     if normalization == "null":
-        return F.broadcast_mul(per_sample_mean, F.BlockGrad(size))
+        return size
     if normalization == "valid":
         if keep is None:
-            return per_sample_mean
-        total = F.maximum(_sum_all(F, keep), 1.0)
-    else:  # 'weight'
-        weights = position_weight
-        if sample_weight is not None:
-            weights = sample_weight if weights is None else F.broadcast_mul(weights, sample_weight)
-        if weights is None:
-            return per_sample_mean
-        total = _sum_all(F, F.broadcast_mul(weights, F.ones_like(loss)), F.ones_like(loss))
-        # A zero total means every position has weight 0, so the numerator is 0 too.
-        total = F.where(total > 0, total, F.ones_like(total))
-    return F.broadcast_mul(per_sample_mean, F.BlockGrad(size / total))
+            return None
+        return size / F.maximum(_sum_all(F, keep), 1.0)
+    # 'weight'
+    if weight is None:
+        return None
+    ones = F.ones_like(positions)
+    total = _sum_all(F, F.broadcast_mul(weight, ones), ones)
+    # A zero total means every position has weight 0, so the numerator is 0 too.
+    return size / F.where(total > 0, total, F.ones_like(total))
 
 
 class WeightedSoftmaxCELoss(Loss):
@@ -289,33 +301,40 @@ class WeightedSoftmaxCELoss(Loss):
         return super().forward(pred, label, sample_weight)
 
     def _prepare(self, pred, label, sample_weight):
-        """NDArray-level checks and shape conventions, run before graph or imperative code."""
-        ndim = pred.ndim
+        """NDArray-level checks and shape conventions, run before graph or imperative code.
+
+        Every shape, dtype and context is read once: each read is a call into the
+        MXNet library, and at small sizes they cost as much as the loss itself.
+        """
+        pred_shape, label_shape = pred.shape, label.shape
+        ndim = len(pred_shape)
         if not -ndim <= self._axis < ndim:
-            raise ValueError("axis=%d is out of range for pred of shape %s" % (self._axis, pred.shape))
+            raise ValueError("axis=%d is out of range for pred of shape %s" % (self._axis, pred_shape))
         axis = self._axis % ndim
-        class_count = pred.shape[axis]
+        class_count = pred_shape[axis]
         if self._num_classes is not None and class_count != self._num_classes:
             raise ValueError("pred has %d classes along axis %d (shape %s) but class_weight has "
-                             "length %d" % (class_count, self._axis, pred.shape, self._num_classes))
-        position_shape = pred.shape[:axis] + pred.shape[axis + 1:]
+                             "length %d" % (class_count, self._axis, pred_shape, self._num_classes))
+        position_shape = pred_shape[:axis] + pred_shape[axis + 1:]
         if self._sparse_label:
-            if label.shape == pred.shape[:axis] + (1,) + pred.shape[axis + 1:] and \
-                    label.shape != position_shape:
+            if label_shape != position_shape and \
+                    label_shape == pred_shape[:axis] + (1,) + pred_shape[axis + 1:]:
                 label = label.reshape(position_shape)
-            check_shape("label", label.shape, position_shape, "pred of shape %s" % (pred.shape,))
+                label_shape = position_shape
+            check_shape("label", label_shape, position_shape, "pred of shape %s" % (pred_shape,))
         else:
-            check_shape("label", label.shape, pred.shape, "pred (sparse_label=False)")
+            check_shape("label", label_shape, pred_shape, "pred (sparse_label=False)")
         if sample_weight is not None:
             sample_weight = self._broadcastable_sample_weight(sample_weight, position_shape,
-                                                              pred.shape, axis)
+                                                              pred_shape, axis)
+        built = bool(self._active and self._cached_graph)
         if not self._active:
             if self._sparse_label:
                 check_labels(label, class_count, self._ignore_label)
-        elif self._cached_graph and self._graph_depends_on_ndim() and ndim != self._built_ndim:
+        elif built and self._graph_depends_on(ndim):
             raise ValueError("pred has %d dimensions but this hybridized loss was built for %d;"
                              " call hybridize() again" % (ndim, self._built_ndim))
-        if not (self._active and self._cached_graph):
+        if not built:
             self._built_ndim = ndim
         # Computing in float32 keeps float16 inputs from overflowing in the softmax.
         if pred.dtype != np.float32:
@@ -328,9 +347,17 @@ class WeightedSoftmaxCELoss(Loss):
             ensure_on_context(self.class_weight, pred.context)
         return pred, label, sample_weight
 
-    def _graph_depends_on_ndim(self):
-        # Only dense labels with class weights along a non-negative axis bake the
-        # number of dimensions into the graph (to lay the weights along that axis).
+    def _graph_depends_on(self, ndim):
+        """Whether a graph built for ``self._built_ndim`` dimensions is wrong for ``ndim``.
+
+        Two things bake the number of dimensions into the graph: 1-D labels skip the
+        per-sample mean, and dense labels with class weights along a non-negative axis
+        need it to lay the weights along that axis.
+        """
+        if ndim == self._built_ndim:
+            return False
+        if (ndim == 2) != (self._built_ndim == 2):
+            return True
         return not self._sparse_label and self._num_classes is not None and self._axis >= 0
 
     def _broadcastable_sample_weight(self, sample_weight, position_shape, pred_shape, axis):

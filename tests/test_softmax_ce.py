@@ -220,11 +220,13 @@ def test_dense_labels_weight_each_class(shape, axis, normalization):
     pred = rng.randn(*shape).astype(np.float32)
     target = np.moveaxis(np.exp(reference.log_softmax(rng.randn(*shape))), axis, axis)
     class_weight = rng.uniform(0.5, 2.0, size=shape[axis])
+    position_shape = tuple(n for i, n in enumerate(shape) if i != axis % len(shape))
+    sample_weight = rng.uniform(0.5, 2.0, size=position_shape)
     loss_fn = WeightedSoftmaxCELoss(class_weight, axis=axis, sparse_label=False,
                                     normalization=normalization)
-    value, grad = run_loss(loss_fn, pred, target.astype(np.float32))
-    kwargs = dict(class_weight=class_weight, axis=axis, sparse_label=False,
-                  normalization=normalization)
+    value, grad = run_loss(loss_fn, pred, target.astype(np.float32), sample_weight)
+    kwargs = dict(class_weight=class_weight, sample_weight=sample_weight, axis=axis,
+                  sparse_label=False, normalization=normalization)
     np.testing.assert_allclose(value, reference.softmax_ce(pred, target, **kwargs), rtol=1e-5,
                                atol=1e-6)
     np.testing.assert_allclose(grad, reference_grad(pred, target, **kwargs), rtol=1e-3,
@@ -593,3 +595,20 @@ def test_labels_from_a_recorded_graph_need_no_detach(hybridize):
     _, expected = run_loss(WeightedSoftmaxCELoss([1.0, 2.0, 3.0]), 2 * x.asnumpy(),
                            np.arange(4) % 3)
     np.testing.assert_allclose(x.grad.asnumpy(), 2 * expected, rtol=1e-5)
+
+
+def test_hybridized_loss_refuses_a_rank_its_graph_was_not_built_for():
+    """1-D labels skip the per-sample mean in the graph, so (N, C) -> (B, N, C) must rebuild."""
+    loss_fn = WeightedSoftmaxCELoss()
+    loss_fn.hybridize()
+    loss_fn(mx.nd.zeros((4, 3)), mx.nd.zeros((4,)))
+    with pytest.raises(ValueError, match="pred has 3 dimensions but this hybridized loss was "
+                                         "built for 2; call hybridize\\(\\) again"):
+        loss_fn(mx.nd.zeros((2, 4, 3)), mx.nd.zeros((2, 4)))
+    loss_fn.hybridize()
+    value, _ = run_loss(loss_fn, np.zeros((2, 4, 3), np.float32), np.zeros((2, 4), np.float32))
+    np.testing.assert_allclose(value, [np.log(3)] * 2, rtol=5e-6)
+    # Ranks above 2 share one graph.
+    value, _ = run_loss(loss_fn, np.zeros((2, 3, 2, 2), np.float32),
+                        np.zeros((2, 2, 2), np.float32))
+    np.testing.assert_allclose(value, [np.log(2)] * 2, rtol=5e-6)
