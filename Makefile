@@ -21,6 +21,8 @@ test: $(STAMP)
 bench: $(STAMP)
 	$(BIN)/python -m bench.bench_softmax_ce
 	$(BIN)/python -m bench.bench_center
+	$(BIN)/python -m bench.bench_faster_rcnn_step --hybridize
+	$(BIN)/python -m bench.bench_faster_rcnn_step
 
 detect: $(STAMP)
 	$(BIN)/python -m train.train_faster_rcnn --out runs/detect
