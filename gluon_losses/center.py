@@ -11,12 +11,18 @@ devices and workers.
 How the update travels. The forward pass adds, per sample, a term that is exactly
 zero in value, ``t - BlockGrad(t)``, whose gradient deposits
 :math:`\\sum_{i: y_i=j} (c_j - x_i)` into ``centers.grad`` and :math:`n_j` into
-``center_counts.grad`` (both row_sparse, gathered with ``Embedding(sparse_grad=True)``).
-Gradients are what every MXNet data-parallel mechanism already knows how to sum
-(kvstore ``device``/``local``/``dist_sync``, Horovod), so the numerator and the
-global counts arrive summed over the whole batch, and every copy applies the same
-update to the same numbers. The cost of a step grows with the batch, not with the
-number of classes.
+``center_counts.grad``. Gradients are what every MXNet data-parallel mechanism already
+knows how to sum (kvstore ``device``/``local``/``dist_sync``, Horovod), so the
+numerator and the global counts arrive summed over the whole batch, and every copy
+applies the same update to the same numbers.
+
+Two storage paths, chosen per loss (see ``DENSE_MAX_ELEMENTS`` and the ``dense``
+argument of :class:`CenterLoss`). Large tables get row_sparse gradients
+(``Embedding(sparse_grad=True)``) and a row-wise update, so the cost of a step grows
+with the batch, not with the number of classes. Small tables (K x D at most
+``DENSE_MAX_ELEMENTS``) get dense gradients and one fused update over the whole table:
+touching K x D floats is cheaper there than the per-call overhead of row_sparse
+storage. Both give the same centers.
 """
 import itertools
 
@@ -28,11 +34,20 @@ from mxnet.gluon.loss import Loss
 from .checks import (check_float, check_ignore_label, check_int, check_labels, check_shape,
                      detached_label, poison_invalid)
 
-__all__ = ["CenterLoss", "CenterTrainer", "center_loss", "apply_center_update", "eq4_rows"]
+__all__ = ["CenterLoss", "CenterTrainer", "center_loss", "apply_center_update",
+           "apply_dense_center_update", "eq4_rows", "DENSE_MAX_ELEMENTS"]
+
+# Tables of at most this many center elements (K x D) get dense gradients and a fused
+# whole-table update; larger ones row_sparse gradients and a row-wise update (see the
+# module docstring). 65536 floats are 256 KiB: zeroing and updating them costs a few
+# tens of microseconds on one CPU core, less than the fixed per-step overhead of the
+# row_sparse path. Read when a CenterLoss is created; ``CenterLoss(dense=...)``
+# overrides it per loss.
+DENSE_MAX_ELEMENTS = 65536
 
 
 def center_loss(F, features, label, centers, center_counts, num_classes, feature_dim,
-                weight=1.0, ignore_label=None):
+                weight=1.0, ignore_label=None, sparse_grad=True):
     r"""Per-sample center loss :math:`\frac{w}{2}\lVert x_i - c_{y_i}\rVert^2`, shape ``(B,)``.
 
     ``F`` is ``mx.nd`` or ``mx.sym``; ``features`` is ``(B, D)``, ``label`` ``(B,)``,
@@ -43,7 +58,8 @@ def center_loss(F, features, label, centers, center_counts, num_classes, feature
     gradient 1 per sample; see :class:`CenterTrainer`): ``centers`` gets
     :math:`\sum_{i: y_i=j} (c_j - x_i)` and ``center_counts`` gets :math:`n_j`, over
     the samples whose label is kept and whose features are finite. Being gradients,
-    they add up over devices and workers like any other.
+    they add up over devices and workers like any other. ``sparse_grad`` picks their
+    storage: row_sparse (True) or dense (False), as the parameters' ``grad_stype``.
     """
     label = detached_label(F, label)
     # Ignored positions point at class 0 and invalid ones at the nearest class, so
@@ -58,9 +74,9 @@ def center_loss(F, features, label, centers, center_counts, num_classes, feature
         keep = (index == label) * not_ignored
     invalid = index != label
     center = F.Embedding(index, centers, input_dim=num_classes, output_dim=feature_dim,
-                         sparse_grad=True)
+                         sparse_grad=sparse_grad)
     count = F.Embedding(index, center_counts, input_dim=num_classes, output_dim=1,
-                        sparse_grad=True)
+                        sparse_grad=sparse_grad)
 
     fixed_center = F.BlockGrad(center)
     # Masked positions see their own center instead of their features: zero loss,
@@ -115,6 +131,36 @@ def _eq4_op(alpha):
     return entry
 
 
+_DENSE_EQ4_INPUTS = ("weight", "counts", "numerator", "batch_counts")
+_DENSE_EQ4_OPS = {}
+
+
+def _dense_eq4_op(alpha):
+    """(CachedOp, input order) for Eq. 4 over whole tables, one per alpha."""
+    entry = _DENSE_EQ4_OPS.get(alpha)
+    if entry is None:
+        graph = mx.sym.Group(list(eq4_rows(mx.sym, *(mx.sym.var(n) for n in _DENSE_EQ4_INPUTS),
+                                           alpha)))
+        order = tuple(_DENSE_EQ4_INPUTS.index(name) for name in graph.list_inputs())
+        entry = _DENSE_EQ4_OPS[alpha] = (nd.CachedOp(graph, flags=[("static_alloc", True)]),
+                                         order)
+    return entry
+
+
+def apply_dense_center_update(weight, counts, numerator, batch_counts, alpha):
+    """Apply Eq. 4 in place to the whole of ``weight`` ``(K, D)`` and ``counts`` ``(K, 1)``.
+
+    ``numerator`` ``(K, D)`` and ``batch_counts`` ``(K, 1)`` are the dense summed
+    gradients of the small-table path: zero on the rows of classes absent from the
+    batch, whose step is then exactly zero, so those rows keep their values bitwise.
+    One fused graph writes straight into ``weight`` and ``counts`` (Eq. 4 is elementwise
+    per row, so reading and writing the same array is safe).
+    """
+    op, order = _dense_eq4_op(float(alpha))
+    args = (weight, counts, numerator, batch_counts)
+    op(*[args[i] for i in order], out=[weight, counts])
+
+
 def apply_center_update(weight, counts, rows, numerator, batch_counts, alpha):
     """Apply Eq. 4 in place to the rows ``rows`` of ``weight`` and count them in ``counts``.
 
@@ -167,7 +213,9 @@ class CenterTrainer(gluon.Trainer):
     Parameters
     ----------
     centers, center_counts : Parameter
-        ``(K, D)`` and ``(K, 1)``, initialized, with row_sparse gradients.
+        ``(K, D)`` and ``(K, 1)``, initialized, both with row_sparse gradients (large
+        tables: a row-wise update, flat in K) or both with dense ones (small tables:
+        one fused update over the whole table); see :class:`CenterLoss`'s ``dense``.
     alpha : float
         Center learning rate in (0, 1]. Settable later through ``trainer.alpha``.
     kvstore : str or KVStore or None
@@ -180,9 +228,10 @@ class CenterTrainer(gluon.Trainer):
         For data parallelism outside kvstore (Horovod): ``allreduce(array)`` must sum
         the dense ``array`` over all workers in place, e.g.
         ``lambda a: hvd.allreduce_(a, op=hvd.Sum)``. It is called twice per step, with
-        the counts ``(K, 1)`` and then a block of numerator rows ``(H, D)``, H at most
-        the global batch rounded up to a power of two. One context per process;
-        ``kvstore`` is then not used.
+        the counts ``(K, 1)`` and then the numerator: the whole ``(K, D)`` gradient with
+        dense gradients, or with row_sparse ones a block of numerator rows ``(H, D)``, H
+        at most the global batch rounded up to a power of two. One context per
+        process; ``kvstore`` is then not used.
     """
 
     def __init__(self, centers, center_counts, alpha=0.5, kvstore='device',
@@ -198,6 +247,12 @@ class CenterTrainer(gluon.Trainer):
             raise ValueError("compression_params is not supported by CenterTrainer: "
                              "compressed gradients would make Eq. 4 inexact")
         self.alpha = alpha
+        stypes = {centers._grad_stype, center_counts._grad_stype}
+        if len(stypes) != 1 or not stypes <= {"default", "row_sparse"}:
+            raise ValueError("centers and center_counts must both have row_sparse or both "
+                             "dense gradients, got %s and %s"
+                             % (centers._grad_stype, center_counts._grad_stype))
+        self._dense = stypes == {"default"}
         self._key_base = _KEY_BASE + _KEYS_PER_TRAINER * next(_TRAINER_NUMBERS)
         # The optimizer is never called; gluon.Trainer wants one to exist.
         super().__init__([centers, center_counts], "sgd", {"learning_rate": 0.0},
@@ -275,9 +330,14 @@ class CenterTrainer(gluon.Trainer):
         if reduced is None:
             raise RuntimeError("call allreduce_grads() before update(), or use step()")
         self._reduced = None
-        for w, c, rows in zip(centers.list_data(), counts.list_data(), reduced):
-            if rows is not None:
-                apply_center_update(w, c, rows[0], rows[1], rows[2], self.alpha)
+        for w, c, sums in zip(centers.list_data(), counts.list_data(), reduced):
+            if sums is None:
+                continue
+            rows, numerator, batch_counts = sums
+            if rows is None:
+                apply_dense_center_update(w, c, numerator, batch_counts, self.alpha)
+            else:
+                apply_center_update(w, c, rows, numerator, batch_counts, self.alpha)
         for d in centers.list_data() + counts.list_data():
             d._fresh_grad = False
 
@@ -287,10 +347,19 @@ class CenterTrainer(gluon.Trainer):
         self.update(batch_size, ignore_stale_grad)
 
     def _reduce(self):
-        """Per context: (rows, summed numerator rows, summed counts of those rows)."""
+        """Per context: (rows, summed numerator rows, summed counts of those rows).
+
+        With dense gradients, rows is None and the two sums are whole tables.
+        """
         centers, counts = self._params
         grads, count_grads = centers.list_grad(), counts.list_grad()
         kv = self._kvstore
+        if self._dense:
+            # Dense sums of K x D floats, small by construction (DENSE_MAX_ELEMENTS).
+            if kv is not None or self._allreduce is not None:
+                self._sum_dense("dense counts", count_grads)
+                self._sum_dense("dense numerator", grads)
+            return [(None, g, n) for g, n in zip(grads, count_grads)]
         if kv is None and self._allreduce is None:
             return [(g.indices, g.data, n.data) for g, n in zip(grads, count_grads)]
         if kv is not None and not self._distributed:
@@ -422,6 +491,13 @@ class CenterLoss(Loss):
         update.
     batch_axis : int, default 0
         0: features are ``(B, D)``; 1: features are ``(D, B)``.
+    dense : bool or None, default None
+        Storage of the centers' gradients. None: dense when K x D is at most
+        ``gluon_losses.center.DENSE_MAX_ELEMENTS`` (65536), row_sparse above. True/False
+        force dense/row_sparse. Dense: a step costs O(K x D), with the least per-step
+        overhead, best for small tables. Row_sparse: a step costs O(batch), flat in K.
+        Both give the same centers; the choice is read by ``loss.dense`` and kept by
+        the trainer.
 
     Inputs:
         - **features**: ``(B, D)`` (``(D, B)`` with ``batch_axis=1``), float.
@@ -440,7 +516,7 @@ class CenterLoss(Loss):
     """
 
     def __init__(self, num_classes, feature_dim, alpha=0.5, weight=1.0, ignore_label=None,
-                 batch_axis=0, **kwargs):
+                 batch_axis=0, dense=None, **kwargs):
         self._num_classes = check_int("num_classes", num_classes, 1)
         if self._num_classes > _MAX_CLASSES:
             raise ValueError("num_classes must be <= %d (labels travel as float32 ids), got %d"
@@ -451,16 +527,22 @@ class CenterLoss(Loss):
         self._ignore_label = check_ignore_label(ignore_label)
         if isinstance(batch_axis, bool) or batch_axis not in (0, 1):
             raise ValueError("batch_axis must be 0 or 1, got %r" % (batch_axis,))
+        if dense is None:
+            dense = self._num_classes * self._feature_dim <= DENSE_MAX_ELEMENTS
+        elif not isinstance(dense, bool):
+            raise ValueError("dense must be True, False or None, got %r" % (dense,))
+        self._dense = dense
+        grad_stype = "default" if dense else "row_sparse"
         super().__init__(weight, batch_axis, **kwargs)
         with self.name_scope():
             # lr_mult/wd_mult 0: should the centers end up in a network's optimizer by
             # mistake, its update cannot move them; Eq. 4 is CenterTrainer's alone.
             self.centers = self.params.get(
                 "centers", shape=(self._num_classes, self._feature_dim),
-                init=mx.init.Zero(), grad_stype="row_sparse", lr_mult=0.0, wd_mult=0.0)
+                init=mx.init.Zero(), grad_stype=grad_stype, lr_mult=0.0, wd_mult=0.0)
             self.center_counts = self.params.get(
                 "center_counts", shape=(self._num_classes, 1),
-                init=mx.init.Zero(), grad_stype="row_sparse", lr_mult=0.0, wd_mult=0.0)
+                init=mx.init.Zero(), grad_stype=grad_stype, lr_mult=0.0, wd_mult=0.0)
 
     @property
     def num_classes(self):
@@ -473,6 +555,11 @@ class CenterLoss(Loss):
     @property
     def alpha(self):
         return self._alpha
+
+    @property
+    def dense(self):
+        """True when the centers have dense gradients (small tables), False for row_sparse."""
+        return self._dense
 
     def trainer(self, **kwargs):
         """A :class:`CenterTrainer` for this loss's centers (call after ``initialize``).
@@ -516,7 +603,8 @@ class CenterLoss(Loss):
         if self._batch_axis == 1:
             features = F.transpose(features)
         return center_loss(F, features, label, centers, center_counts, self._num_classes,
-                           self._feature_dim, self._weight, self._ignore_label)
+                           self._feature_dim, self._weight, self._ignore_label,
+                           sparse_grad=not self._dense)
 
     def __repr__(self):
         return "%s(num_classes=%d, feature_dim=%d, alpha=%g, weight=%g, ignore_label=%r)" % (

@@ -9,6 +9,7 @@ import mxnet as mx
 from mxnet import autograd, gluon, nd
 
 from gluon_losses import CenterLoss, WeightedSoftmaxCELoss
+from gluon_losses import center as center_module
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
@@ -59,6 +60,11 @@ def make_loss(num_classes=6, feature_dim=3, ctx=mx.cpu(), hybridize=False, **kwa
     return loss
 
 
+# Both storage paths of the centers' gradients: dense (small tables, the default
+# below DENSE_MAX_ELEMENTS) and row_sparse (large tables), forced with `dense=`.
+DENSE = pytest.mark.parametrize("dense", [True, False], ids=["dense", "row_sparse"])
+
+
 def random_batches(steps, batch, feature_dim, labels, seed=0):
     rng = np.random.RandomState(seed)
     return [(rng.randn(batch, feature_dim).astype(np.float32),
@@ -67,12 +73,14 @@ def random_batches(steps, batch, feature_dim, labels, seed=0):
 
 # ------------------------------------------------------------- Eq. 4, value --
 
+@DENSE
 @pytest.mark.parametrize("hybridize", [False, True, "static"])
-def test_matches_numpy_eq4_over_steps(hybridize):
+def test_matches_numpy_eq4_over_steps(hybridize, dense):
     # Classes 0..3 repeat within batches; 4 and 5 never appear; -1 is ignored.
     alpha, weight = 0.4, 0.25
     loss = make_loss(6, 3, hybridize=hybridize is True, alpha=alpha, weight=weight,
-                     ignore_label=-1)
+                     ignore_label=-1, dense=dense)
+    assert loss.dense is dense
     if hybridize == "static":
         loss.hybridize(static_alloc=True, static_shape=True)
     trainer = loss.trainer()
@@ -173,6 +181,47 @@ def test_centers_gradient_is_row_sparse_and_batch_sized():
     assert loss.center_counts.grad().stype == "row_sparse"
 
 
+@pytest.mark.parametrize("hybridize", [False, True])
+def test_dense_and_row_sparse_paths_give_identical_centers(hybridize):
+    # Small tables default to dense gradients and a fused whole-table update; forcing
+    # row_sparse must not change a single bit of the centers or counts, step after
+    # step (repeated, absent and ignored classes, and a NaN feature included).
+    batches = random_batches(6, 24, 5, [-1, 0, 2, 2, 3, 7, 7, 7], seed=21)
+    batches[2][0][4, 1] = np.nan
+    losses = [make_loss(9, 5, hybridize=hybridize, alpha=0.35, weight=0.5, ignore_label=-1,
+                        dense=dense) for dense in (None, False)]
+    assert losses[0].dense and not losses[1].dense
+    for loss in losses:
+        loss.centers.set_data(nd.array(np.random.RandomState(22).randn(9, 5)))
+    trainers = [loss.trainer() for loss in losses]
+    for x, y in batches:
+        (value_d, grad_d), (value_s, grad_s) = (run_step(loss, trainer, x, y)
+                                                for loss, trainer in zip(losses, trainers))
+        np.testing.assert_array_equal(value_d, value_s)
+        np.testing.assert_array_equal(grad_d, grad_s)
+        np.testing.assert_array_equal(losses[0].centers.data().asnumpy(),
+                                      losses[1].centers.data().asnumpy())
+        np.testing.assert_array_equal(losses[0].center_counts.data().asnumpy(),
+                                      losses[1].center_counts.data().asnumpy())
+    assert losses[0].centers.grad().stype == "default"
+    assert losses[1].centers.grad().stype == "row_sparse"
+
+
+def test_dense_threshold_picks_the_path(monkeypatch):
+    limit = center_module.DENSE_MAX_ELEMENTS
+    assert CenterLoss(limit // 4, 4).dense
+    assert not CenterLoss(limit // 4 + 1, 4).dense
+    assert not CenterLoss(10, 2, dense=False).dense
+    assert CenterLoss(100000, 8, dense=True).dense
+    monkeypatch.setattr(center_module, "DENSE_MAX_ELEMENTS", 0)
+    assert not CenterLoss(10, 2).dense
+    with pytest.raises(ValueError, match="dense"):
+        CenterLoss(10, 2, dense=1)
+    with pytest.raises(ValueError, match="both"):
+        center_module.CenterTrainer(make_loss(3, 2, dense=True).centers,
+                                    make_loss(3, 2, dense=False).center_counts)
+
+
 def test_step_time_flat_in_num_classes():
     # The issue's scale check: K=100000 vs K=1000 at D=512, B=512, forward + backward
     # + center step, interleaved medians (the bench prints the same figure).
@@ -270,8 +319,8 @@ def test_no_host_sync_in_hybridized_forward_backward(monkeypatch):
 
 # ------------------------------------------------------------ multi-device --
 
-def _train_on_contexts(contexts, kvstore, batches, alpha=0.5):
-    loss = make_loss(7, 4, ctx=contexts, alpha=alpha, ignore_label=-1)
+def _train_on_contexts(contexts, kvstore, batches, dense, alpha=0.5):
+    loss = make_loss(7, 4, ctx=contexts, alpha=alpha, ignore_label=-1, dense=dense)
     # A stray copy is overwritten from the first context when the trainer is made.
     if len(contexts) > 1:
         loss.centers.data(contexts[-1])[:] = 1
@@ -288,14 +337,15 @@ def _train_on_contexts(contexts, kvstore, batches, alpha=0.5):
     return history
 
 
+@DENSE
 @pytest.mark.parametrize("kvstore", ["device", "local"])
-def test_multi_context_copies_identical_and_equal_to_single(kvstore):
+def test_multi_context_copies_identical_and_equal_to_single(kvstore, dense):
     # Class 5 only ever lands on cpu(1): the counts must be global, not per device.
     batches = random_batches(4, 10, 4, [-1, 0, 0, 1, 2, 3], seed=10)
     for x, y in batches:
         y[-2:] = 5
-    multi = _train_on_contexts([mx.cpu(0), mx.cpu(1)], kvstore, batches)
-    single = _train_on_contexts([mx.cpu(0)], kvstore, batches)
+    multi = _train_on_contexts([mx.cpu(0), mx.cpu(1)], kvstore, batches, dense)
+    single = _train_on_contexts([mx.cpu(0)], kvstore, batches, dense)
     ref = np.zeros((7, 4))
     for (x, y), copies, (one,) in zip(batches, multi, single):
         ref = eq4_reference(ref, x, y, 0.5, ignore_label=-1)
@@ -304,18 +354,27 @@ def test_multi_context_copies_identical_and_equal_to_single(kvstore):
         np.testing.assert_allclose(copies[0], ref, rtol=1e-5, atol=1e-6)
 
 
-def test_allreduce_hook_for_horovod_style_data_parallelism():
+@DENSE
+def test_allreduce_hook_for_horovod_style_data_parallelism(dense):
     # Stand-in for hvd.allreduce_(a, average=False) with two workers holding the same
     # half batch: the sum is twice the local array, i.e. the batch seen twice.
     batches = random_batches(3, 8, 4, [-1, 0, 1, 1, 3], seed=13)
-    loss = make_loss(7, 4, alpha=0.5, ignore_label=-1)
-    trainer = loss.trainer(allreduce=lambda array: array.__imul__(2))
+    loss = make_loss(7, 4, alpha=0.5, ignore_label=-1, dense=dense)
+    shapes = []
+
+    def allreduce(array):
+        shapes.append(array.shape)
+        array *= 2
+
+    trainer = loss.trainer(allreduce=allreduce)
     ref = np.zeros((7, 4))
     for x, y in batches:
         run_step(loss, trainer, x, y)
         ref = eq4_reference(ref, np.concatenate([x, x]), np.concatenate([y, y]), 0.5,
                             ignore_label=-1)
         np.testing.assert_allclose(loss.centers.data().asnumpy(), ref, rtol=1e-5, atol=1e-6)
+    # Counts first, then the numerator: whole tables (dense) or a block of rows.
+    assert shapes[:2] == [(7, 1), (7, 4) if dense else (16, 4)]
     with pytest.raises(ValueError, match="allreduce"):
         loss.trainer(allreduce="hvd")
 
@@ -323,10 +382,18 @@ def test_allreduce_hook_for_horovod_style_data_parallelism():
 # ------------------------------------------------------------- dist_sync --
 
 @skip_unless_dist
-def test_dist_sync_loopback_workers_identical_and_equal_to_single(tmp_path):
+@DENSE
+def test_dist_sync_loopback_workers_identical_and_equal_to_single(tmp_path, dense):
     env = dict(os.environ, PYTHONPATH=ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""))
-    run_dist_sync([os.path.join(HERE, "dist_center_worker.py"), str(tmp_path)], cwd=ROOT,
-                  env=env)
+    worker = os.path.join(HERE, "dist_center_worker.py")
+    # The worker's table is small (dense by default); the row_sparse run lowers the
+    # threshold to 0 before running the same script.
+    assert dist_worker.NUM_CLASSES * dist_worker.FEATURE_DIM <= center_module.DENSE_MAX_ELEMENTS
+    args = [worker] if dense else [
+        "-c", "import runpy, sys; import gluon_losses.center as c; "
+              "c.DENSE_MAX_ELEMENTS = 0; sys.argv = sys.argv[1:]; "
+              "runpy.run_path(sys.argv[0], run_name='__main__')", worker]
+    run_dist_sync(args + [str(tmp_path)], cwd=ROOT, env=env)
 
     ref = np.zeros((dist_worker.NUM_CLASSES, dist_worker.FEATURE_DIM))
     counts = np.zeros(dist_worker.NUM_CLASSES)
@@ -351,15 +418,16 @@ def test_dist_sync_loopback_workers_identical_and_equal_to_single(tmp_path):
 
 # ----------------------------------------------------- state, NaN, errors --
 
-def test_save_load_mid_training_resumes_identically(tmp_path):
+@DENSE
+def test_save_load_mid_training_resumes_identically(tmp_path, dense):
     batches = random_batches(4, 12, 3, [0, 1, 2, 2, 4], seed=11)
-    loss = make_loss(5, 3, alpha=0.3)
+    loss = make_loss(5, 3, alpha=0.3, dense=dense)
     trainer = loss.trainer()
     for x, y in batches[:2]:
         run_step(loss, trainer, x, y)
     path = str(tmp_path / "center.params")
     loss.save_parameters(path)
-    resumed = CenterLoss(5, 3, alpha=0.3)
+    resumed = CenterLoss(5, 3, alpha=0.3, dense=dense)
     resumed.load_parameters(path, ctx=mx.cpu())
     resumed_trainer = resumed.trainer()
     # Trainer states round-trip too (checkpoint code saves every trainer alike).
@@ -374,10 +442,11 @@ def test_save_load_mid_training_resumes_identically(tmp_path):
                                       loss.centers.data().asnumpy())
 
 
+@DENSE
 @pytest.mark.parametrize("bad", [np.nan, np.inf, -np.inf])
 @pytest.mark.parametrize("hybridize", [False, True])
-def test_non_finite_features_never_reach_the_centers(bad, hybridize):
-    loss = make_loss(3, 2, hybridize=hybridize)
+def test_non_finite_features_never_reach_the_centers(bad, hybridize, dense):
+    loss = make_loss(3, 2, hybridize=hybridize, dense=dense)
     trainer = loss.trainer()
     x = np.array([[1, 2], [bad, 0], [3, 4], [5, 6]], np.float32)
     y = np.array([0, 1, 1, 2], np.float32)
@@ -392,10 +461,11 @@ def test_non_finite_features_never_reach_the_centers(bad, hybridize):
     np.testing.assert_array_equal(loss.center_counts.data().asnumpy()[:, 0], [1, 1, 1])
 
 
+@DENSE
 @pytest.mark.parametrize("kvstore", ["device", "local"])
-def test_non_finite_features_on_one_device_keep_copies_finite_and_equal(kvstore):
+def test_non_finite_features_on_one_device_keep_copies_finite_and_equal(kvstore, dense):
     contexts = [mx.cpu(0), mx.cpu(1)]
-    loss = make_loss(3, 2, ctx=contexts)
+    loss = make_loss(3, 2, ctx=contexts, dense=dense)
     trainer = loss.trainer(kvstore=kvstore)
     x = np.array([[1, 2], [3, 4], [np.nan, 0], [5, 6]], np.float32)
     y = np.array([0, 1, 2, 1], np.float32)  # class 2 has only the bad sample
