@@ -15,6 +15,12 @@ of them alike; every figure is a median over the rounds:
   labels, with the centers learned by SGD (lr = alpha) as in the popular PyTorch
   version, hybridized.
 
+Interleaving puts every CenterLoss step right after the loop contender's ~50 ms of
+Python, and the first MXNet operation after such a pause is slow whatever it is (the
+engine's worker thread has gone to sleep, caches are cold). Two more lines show that
+part: the MNIST-like case with each contender alone, back to back, and the cost of
+one elementwise operation (plus its wait) back to back and right after a loop step.
+
     python -m bench.bench_center [--rounds 15] [--quick]
 """
 import argparse
@@ -173,6 +179,30 @@ def run_interleaved(contenders, rounds):
     return {name: (float(np.median(t)), float(np.min(t))) for name, t in times.items()}
 
 
+def run_alone(step, x, label, rounds):
+    """(median s, best s) of ``rounds`` back-to-back steps after one warm-up step."""
+    step(x, label)
+    times = [_timed(step, x, label) for _ in range(rounds)]
+    return float(np.median(times)), float(np.min(times))
+
+
+def one_op_cost(loop_step, x, label, rounds):
+    """(back to back, right after a loop step): median s of ``(x + 1).wait_to_read()``."""
+    def one_op():
+        start = time.perf_counter()
+        (x + 1).wait_to_read()
+        return time.perf_counter() - start
+
+    one_op()
+    hot = [one_op() for _ in range(rounds)]
+    cold = []
+    for _ in range(rounds):
+        loop_step(x, label)
+        x.grad.wait_to_read()
+        cold.append(one_op())
+    return float(np.median(hot)), float(np.median(cold))
+
+
 def _ms(pair):
     return "%.2f (%.2f)" % (pair[0] * 1e3, pair[1] * 1e3)
 
@@ -205,7 +235,19 @@ def main(argv=None):
         cells = [_ms(med[k]) if k in med else "skipped" for k in ("loop", "matrix")]
         ratios = [_ratio(med[k], ours) if k in med else "-" for k in ("loop", "matrix")]
         print("| %s |" % " | ".join([name, _ms(ours)] + cells + ratios))
+        if index == 0:
+            alone = {k: run_alone(contenders[k][0], x, label,
+                                  rounds if k == "loop" else 20 * rounds)
+                     for k in ("ours", "loop")}
+            first_case = (name, alone, one_op_cost(contenders["loop"][0], x, label, rounds))
         del contenders
+
+    name, alone, (hot, cold) = first_case
+    print("\n%s, each alone, back to back: CenterLoss %s ms, loop CustomOp %s ms; "
+          "loop / ours: %s" % (name, _ms(alone["ours"]), _ms(alone["loop"]),
+                               _ratio(alone["loop"], alone["ours"])))
+    print("One elementwise op + wait (x + 1 at B=256 D=2): %.3f ms back to back, %.3f ms "
+          "right after a loop CustomOp step" % (hot * 1e3, cold * 1e3))
 
     contenders = {}
     for classes in SCALE_KS:

@@ -135,15 +135,19 @@ _DENSE_EQ4_INPUTS = ("weight", "counts", "numerator", "batch_counts")
 _DENSE_EQ4_OPS = {}
 
 
-def _dense_eq4_op(alpha):
-    """(CachedOp, input order) for Eq. 4 over whole tables, one per alpha."""
-    entry = _DENSE_EQ4_OPS.get(alpha)
+def _dense_eq4_op(alpha, shape, dtype):
+    """(CachedOp, input order) for Eq. 4 over whole tables, one per alpha and table.
+
+    Static shapes let MXNet run the whole graph as one engine operation.
+    """
+    key = (alpha, shape, dtype)
+    entry = _DENSE_EQ4_OPS.get(key)
     if entry is None:
         graph = mx.sym.Group(list(eq4_rows(mx.sym, *(mx.sym.var(n) for n in _DENSE_EQ4_INPUTS),
                                            alpha)))
         order = tuple(_DENSE_EQ4_INPUTS.index(name) for name in graph.list_inputs())
-        entry = _DENSE_EQ4_OPS[alpha] = (nd.CachedOp(graph, flags=[("static_alloc", True)]),
-                                         order)
+        flags = [("static_alloc", True), ("static_shape", True)]
+        entry = _DENSE_EQ4_OPS[key] = (nd.CachedOp(graph, flags=flags), order)
     return entry
 
 
@@ -156,7 +160,7 @@ def apply_dense_center_update(weight, counts, numerator, batch_counts, alpha):
     One fused graph writes straight into ``weight`` and ``counts`` (Eq. 4 is elementwise
     per row, so reading and writing the same array is safe).
     """
-    op, order = _dense_eq4_op(float(alpha))
+    op, order = _dense_eq4_op(float(alpha), weight.shape, weight.dtype)
     args = (weight, counts, numerator, batch_counts)
     op(*[args[i] for i in order], out=[weight, counts])
 
