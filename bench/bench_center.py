@@ -5,8 +5,8 @@ One step is what a training iteration pays for the loss: forward inside
 array standing in for the network's output, so the network's own cost (the same for
 every contender, and independent of K) does not dilute the ratios.
 
-Contenders, timed in one process, interleaved round-robin so machine noise hits all
-of them alike; every figure is a median over the rounds:
+Contenders are timed in one process, interleaved round-robin so that machine noise
+hits all of them alike; every figure is a median (best) over the timed steps:
 
 * ``CenterLoss``: this package, hybridized, with ``loss.trainer().step``.
 * ``loop CustomOp``: the common MXNet recipe, a ``CustomOp`` keeping the centers in
@@ -15,11 +15,14 @@ of them alike; every figure is a median over the rounds:
   labels, with the centers learned by SGD (lr = alpha) as in the popular PyTorch
   version, hybridized.
 
-Interleaving puts every CenterLoss step right after the loop contender's ~50 ms of
+At the MNIST-like size each turn of the round-robin is a block of ``--block``
+consecutive steps of one contender, as a training loop runs them. Alternating single
+steps instead puts every CenterLoss step right after the loop contender's ~50 ms of
 Python, and the first MXNet operation after such a pause is slow whatever it is (the
-engine's worker thread has gone to sleep, caches are cold). Two more lines show that
-part: the MNIST-like case with each contender alone, back to back, and the cost of
-one elementwise operation (plus its wait) back to back and right after a loop step.
+engine's worker thread has gone to sleep, caches are cold): the bench prints that
+protocol's ratio too, and the cost of one elementwise op back to back and right after
+a loop step. The large sizes alternate single steps (their steps take milliseconds to
+seconds, so that pause is noise there).
 
     python -m bench.bench_center [--rounds 15] [--quick]
 """
@@ -168,22 +171,18 @@ def _timed(step, x, label):
     return time.perf_counter() - start
 
 
-def run_interleaved(contenders, rounds):
-    """contenders: {name: (step, x, label)} -> {name: (median s, best s)}."""
+def run_interleaved(contenders, rounds, block=1):
+    """contenders: {name: (step, x, label)} -> {name: (median s, best s)}.
+
+    Each round gives every contender a turn of ``block`` consecutive timed steps.
+    """
     for step, x, label in contenders.values():  # warm-up: graph building, allocation
         step(x, label)
     times = {name: [] for name in contenders}
     for _ in range(rounds):
         for name, (step, x, label) in contenders.items():
-            times[name].append(_timed(step, x, label))
+            times[name].extend(_timed(step, x, label) for _ in range(block))
     return {name: (float(np.median(t)), float(np.min(t))) for name, t in times.items()}
-
-
-def run_alone(step, x, label, rounds):
-    """(median s, best s) of ``rounds`` back-to-back steps after one warm-up step."""
-    step(x, label)
-    times = [_timed(step, x, label) for _ in range(rounds)]
-    return float(np.median(times)), float(np.min(times))
 
 
 def one_op_cost(loop_step, x, label, rounds):
@@ -214,12 +213,15 @@ def _ratio(pair, ours, digits=0):
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--rounds", type=int, default=15)
+    parser.add_argument("--block", type=int, default=10,
+                        help="consecutive steps per contender turn at the MNIST-like size")
     parser.add_argument("--quick", action="store_true",
                         help="5 rounds, and the baselines only at the two smaller sizes")
     args = parser.parse_args(argv)
     rounds = 5 if args.quick else args.rounds
-    print("mxnet %s, %d interleaved rounds; ms per step (forward + backward + center "
-          "update), median (best)\n" % (mx.__version__, rounds))
+    print("mxnet %s, %d interleaved rounds (MNIST-like: turns of %d steps); ms per step "
+          "(forward + backward + center update), median (best)\n"
+          % (mx.__version__, rounds, args.block))
     print("| case | CenterLoss | loop CustomOp | distance matrix | loop / ours | matrix / ours |")
     print("|" + "---|" * 6)
     for index, (name, batch, dim, classes) in enumerate(CASES):
@@ -230,22 +232,23 @@ def main(argv=None):
             contenders["matrix"] = (make_distance_matrix(classes, dim).step, x, label)
         # The slow baselines at the large sizes get fewer rounds; the ratio needs
         # their order of magnitude, not their third digit.
-        med = run_interleaved(contenders, rounds if index == 0 else max(3, rounds // 3))
+        if index == 0:
+            med = run_interleaved(contenders, rounds, block=args.block)
+        else:
+            med = run_interleaved(contenders, max(3, rounds // 3))
         ours = med["ours"]
         cells = [_ms(med[k]) if k in med else "skipped" for k in ("loop", "matrix")]
         ratios = [_ratio(med[k], ours) if k in med else "-" for k in ("loop", "matrix")]
         print("| %s |" % " | ".join([name, _ms(ours)] + cells + ratios))
         if index == 0:
-            alone = {k: run_alone(contenders[k][0], x, label,
-                                  rounds if k == "loop" else 20 * rounds)
-                     for k in ("ours", "loop")}
-            first_case = (name, alone, one_op_cost(contenders["loop"][0], x, label, rounds))
+            single = run_interleaved({k: contenders[k] for k in ("ours", "loop")}, rounds)
+            first_case = (name, single, one_op_cost(contenders["loop"][0], x, label, rounds))
         del contenders
 
-    name, alone, (hot, cold) = first_case
-    print("\n%s, each alone, back to back: CenterLoss %s ms, loop CustomOp %s ms; "
-          "loop / ours: %s" % (name, _ms(alone["ours"]), _ms(alone["loop"]),
-                               _ratio(alone["loop"], alone["ours"])))
+    name, single, (hot, cold) = first_case
+    print("\n%s, alternating single steps: CenterLoss %s ms, loop CustomOp %s ms; "
+          "loop / ours: %s" % (name, _ms(single["ours"]), _ms(single["loop"]),
+                               _ratio(single["loop"], single["ours"])))
     print("One elementwise op + wait (x + 1 at B=256 D=2): %.3f ms back to back, %.3f ms "
           "right after a loop CustomOp step" % (hot * 1e3, cold * 1e3))
 
