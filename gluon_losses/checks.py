@@ -5,9 +5,10 @@ Two kinds live here:
 * construction-time checks on Python arguments (``check_*``), which raise
   ``ValueError`` naming the argument and the value;
 * run-time checks on arrays. In imperative mode labels can be read back and a bad
-  one raises; inside a hybridized graph nothing can raise, so
-  :func:`poison_invalid` turns the loss of a bad position into NaN instead, which
-  the first logged loss value shows.
+  one raises (:func:`check_labels`); inside a hybridized graph nothing can raise, so
+  a bad label turns the loss NaN instead (:func:`poison_invalid` for CenterLoss; the
+  softmax loss gets the same effect from a NaN-guarded weight lookup), which the
+  first logged loss value shows.
 """
 import math
 import numbers
@@ -110,24 +111,6 @@ def detached_label(F, label):
     gradient"). Labels never need one.
     """
     return F.BlockGrad(label)
-
-
-def out_of_range(F, index, num_classes):
-    """1 where ``index`` is not a class in [0, num_classes), else 0.
-
-    ``num_classes`` is a Python int, or a (1,) array when the class count is only
-    known from a shape inside the graph. Callers point ignored positions at class 0
-    first, so they never count as out of range.
-    """
-    if isinstance(num_classes, numbers.Integral):
-        return index != F.clip(index, 0, num_classes - 1)
-    return (index < 0) + F.broadcast_greater_equal(index, num_classes)
-
-
-def invalid_label_mask(F, label, num_classes, ignore_label):
-    """1 where a label is neither a class in [0, num_classes) nor the ignore label."""
-    index = label if ignore_label is None else label * (label != ignore_label)
-    return out_of_range(F, index, num_classes)
 
 
 def poison_invalid(F, loss, invalid):

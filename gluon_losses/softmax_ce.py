@@ -115,8 +115,7 @@ def weighted_softmax_ce(F, pred, label, class_weight=None, sample_weight=None, a
     if normalization != "none":
         weight = _product(F, weight, _normalizer(F, normalization, keep, weight, positions))
     if sign < 0:
-        weight = -weight if weight is not None else None
-        value = value if weight is not None else -value
+        weight = -weight  # sparse labels always have a position weight
     loss = value if weight is None else F.broadcast_mul(value, weight)
     if normalization == "none" or ndim == 2:
         return loss  # with 1-D labels every position is a sample
