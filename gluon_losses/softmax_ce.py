@@ -315,9 +315,9 @@ class WeightedSoftmaxCELoss(Loss):
             raise ValueError("pred has %d classes along axis %d (shape %s) but class_weight has "
                              "length %d" % (class_count, self._axis, pred_shape, self._num_classes))
         position_shape = pred_shape[:axis] + pred_shape[axis + 1:]
+        kept_axis_shape = pred_shape[:axis] + (1,) + pred_shape[axis + 1:]
         if self._sparse_label:
-            if label_shape != position_shape and \
-                    label_shape == pred_shape[:axis] + (1,) + pred_shape[axis + 1:]:
+            if label_shape != position_shape and label_shape == kept_axis_shape:
                 label = label.reshape(position_shape)
                 label_shape = position_shape
             check_shape("label", label_shape, position_shape, "pred of shape %s" % (pred_shape,))
@@ -325,7 +325,7 @@ class WeightedSoftmaxCELoss(Loss):
             check_shape("label", label_shape, pred_shape, "pred (sparse_label=False)")
         if sample_weight is not None:
             sample_weight = self._broadcastable_sample_weight(sample_weight, position_shape,
-                                                              pred_shape, axis)
+                                                              kept_axis_shape)
         built = bool(self._active and self._cached_graph)
         if not self._active:
             if self._sparse_label:
@@ -359,9 +359,9 @@ class WeightedSoftmaxCELoss(Loss):
             return True
         return not self._sparse_label and self._num_classes is not None and self._axis >= 0
 
-    def _broadcastable_sample_weight(self, sample_weight, position_shape, pred_shape, axis):
+    def _broadcastable_sample_weight(self, sample_weight, position_shape, kept_axis_shape):
         shape = sample_weight.shape
-        if shape == pred_shape[:axis] + (1,) + pred_shape[axis + 1:] and shape != position_shape:
+        if shape == kept_axis_shape and shape != position_shape:
             return sample_weight.reshape(position_shape)
         if len(position_shape) > 1 and shape == (position_shape[self._batch_axis],):
             spec = [1] * len(position_shape)

@@ -51,6 +51,27 @@ def softmax_ce(pred, label, class_weight=None, sample_weight=None, axis=-1, spar
     return loss.sum(axis=other_axes) * loss.shape[batch_axis] / total
 
 
+def eq4_reference(centers, x, y, alpha, ignore_label=None):
+    """Float64 NumPy Eq. 4 with per-class counts over the whole batch."""
+    centers = centers.astype(np.float64).copy()
+    keep = np.ones(len(y), bool) if ignore_label is None else y != ignore_label
+    new = centers.copy()
+    for j in np.unique(y[keep]).astype(int):
+        members = keep & (y == j)
+        n_j = members.sum()
+        new[j] = centers[j] - alpha * (centers[j] - x[members]).sum(axis=0) / (1.0 + n_j)
+    return new
+
+
+def loss_reference(centers, x, y, weight, ignore_label=None):
+    """Float64 center loss per sample and its feature gradient."""
+    keep = np.ones(len(y), bool) if ignore_label is None else y != ignore_label
+    c = centers[np.where(keep, y, 0).astype(int)]
+    value = np.where(keep, 0.5 * weight * ((x - c) ** 2).sum(axis=1), 0.0)
+    grad = np.where(keep[:, None], weight * (x - c), 0.0)
+    return value, grad
+
+
 def numeric_gradient(function, x, step=1e-6):
     """Central differences of the scalar ``function`` at ``x`` (float64)."""
     x = np.array(x, dtype=np.float64)

@@ -17,28 +17,7 @@ sys.path.insert(0, HERE)
 import dist_center_worker as dist_worker  # noqa: E402
 from loopback_cluster import run_dist_sync, skip_unless_dist
 from recorded_labels import OutputsAndLabels
-
-
-# ---------------------------------------------------------------- references --
-
-def eq4_reference(centers, x, y, alpha, ignore_label=None):
-    """Float64 NumPy Eq. 4 with per-class counts over the whole batch."""
-    centers = centers.astype(np.float64).copy()
-    keep = np.ones(len(y), bool) if ignore_label is None else y != ignore_label
-    new = centers.copy()
-    for j in np.unique(y[keep]).astype(int):
-        members = keep & (y == j)
-        n_j = members.sum()
-        new[j] = centers[j] - alpha * (centers[j] - x[members]).sum(axis=0) / (1.0 + n_j)
-    return new
-
-
-def loss_reference(centers, x, y, weight, ignore_label=None):
-    keep = np.ones(len(y), bool) if ignore_label is None else y != ignore_label
-    c = centers[np.where(keep, y, 0).astype(int)]
-    value = np.where(keep, 0.5 * weight * ((x - c) ** 2).sum(axis=1), 0.0)
-    grad = np.where(keep[:, None], weight * (x - c), 0.0)
-    return value, grad
+from reference import eq4_reference, loss_reference
 
 
 def run_step(loss, trainer, x, y, ctx=mx.cpu()):
