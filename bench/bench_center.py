@@ -6,7 +6,10 @@ array standing in for the network's output, so the network's own cost (the same 
 every contender, and independent of K) does not dilute the ratios.
 
 Contenders are timed in one process, interleaved round-robin so that machine noise
-hits all of them alike; every figure is a median (best) over the timed steps:
+hits all of them alike. Each round gives every contender a turn: untimed steps for at
+least ``--warmup-ms`` (at least one step), then ``--block`` timed ones (1 at the large
+sizes, whose steps take milliseconds to seconds). Every figure is a median (best) over
+the timed steps.
 
 * ``CenterLoss``: this package, hybridized, with ``loss.trainer().step``.
 * ``loop CustomOp``: the common MXNet recipe, a ``CustomOp`` keeping the centers in
@@ -15,18 +18,31 @@ hits all of them alike; every figure is a median (best) over the timed steps:
   labels, with the centers learned by SGD (lr = alpha) as in the popular PyTorch
   version, hybridized.
 
-At the MNIST-like size each turn of the round-robin is a block of ``--block``
-consecutive steps of one contender, as a training loop runs them. Alternating single
-steps instead puts every CenterLoss step right after the loop contender's ~50 ms of
-Python, and the first MXNet operation after such a pause is slow whatever it is (the
-engine's worker thread has gone to sleep, caches are cold): the bench prints that
-protocol's ratio too, and the cost of one elementwise op back to back and right after
-a loop step. The large sizes alternate single steps (their steps take milliseconds to
-seconds, so that pause is noise there).
+Why a warm-up in every turn. A training loop runs the loss every iteration right
+after the network's own MXNet work, with MXNet's engine threads busy. In a round-robin,
+CenterLoss's turn starts right after half a second of the loop contender's Python:
+its first step then costs several times its steady step, and the next ones return to
+it only over about 5 ms (about 15 steps), whatever the loss (the bench prints the cost
+of one elementwise op back to back and right after a loop step). That is the
+protocol's cost, not the loss's. Every contender gets the same warm-up time, and the
+bench prints the first step of each turn, outside the table, so the cold figure is
+there to read too.
 
-    python -m bench.bench_center [--rounds 15] [--quick]
+Why several processes at the MNIST-like size. Step times there are fractions of a
+millisecond against tens of milliseconds, and on a shared 2-core machine they move
+between processes, not within one: the loop contender runs at about 30 ms in some
+processes and about 50 ms in others, for a whole process. So that case runs
+``--processes`` times, each in a fresh Python process with its own interleaved rounds,
+and the bench prints every process's figures and their median (as pyperf spreads a
+benchmark over worker processes). The large sizes run once, in this process.
+
+    python -m bench.bench_center [--rounds 15] [--processes 5] [--quick]
 """
 import argparse
+import json
+import os
+import subprocess
+import sys
 import time
 
 import numpy as np
@@ -171,18 +187,27 @@ def _timed(step, x, label):
     return time.perf_counter() - start
 
 
-def run_interleaved(contenders, rounds, block=1):
-    """contenders: {name: (step, x, label)} -> {name: (median s, best s)}.
+def run_interleaved(contenders, rounds, block=1, warmup=0.0):
+    """contenders: {name: (step, x, label)} -> {name: ((median, best) s, first steps s)}.
 
-    Each round gives every contender a turn of ``block`` consecutive timed steps.
+    Each round gives every contender a turn: untimed steps for at least ``warmup``
+    seconds (at least one if ``warmup`` > 0), then ``block`` timed ones. ``first steps``
+    lists the time of each turn's first step.
     """
-    for step, x, label in contenders.values():  # warm-up: graph building, allocation
+    for step, x, label in contenders.values():  # graph building, allocation
         step(x, label)
     times = {name: [] for name in contenders}
+    firsts = {name: [] for name in contenders}
     for _ in range(rounds):
         for name, (step, x, label) in contenders.items():
-            times[name].extend(_timed(step, x, label) for _ in range(block))
-    return {name: (float(np.median(t)), float(np.min(t))) for name, t in times.items()}
+            warm = []
+            while warmup > 0 and (not warm or sum(warm) < warmup):
+                warm.append(_timed(step, x, label))
+            turn = [_timed(step, x, label) for _ in range(block)]
+            firsts[name].append((warm or turn)[0])
+            times[name].extend(turn)
+    return {name: ((float(np.median(t)), float(np.min(t))), firsts[name])
+            for name, t in times.items()}
 
 
 def one_op_cost(loop_step, x, label, rounds):
@@ -210,53 +235,126 @@ def _ratio(pair, ours, digits=0):
     return "%.*fx (%.*fx)" % (digits, pair[0] / ours[0], digits, pair[1] / ours[1])
 
 
+def small_case_worker(rounds, block, warmup):
+    """The MNIST-like case in this process -> dict of seconds, printed as JSON."""
+    _, batch, dim, classes = CASES[0]
+    x, label = _batch(batch, dim, classes)
+    contenders = {"ours": (make_ours(classes, dim).step, x, label),
+                  "loop": (LoopCenterLoss(classes, dim).step, x, label),
+                  "matrix": (make_distance_matrix(classes, dim).step, x, label)}
+    result = run_interleaved(contenders, rounds, block, warmup)
+    hot, cold = one_op_cost(contenders["loop"][0], x, label, rounds)
+    return {"steady": {k: v[0] for k, v in result.items()},
+            "first": {k: float(np.median(v[1])) for k, v in result.items()},
+            "one_op": [hot, cold]}
+
+
+def run_small_case(processes, rounds, block, warmup_ms):
+    """small_case_worker in ``processes`` fresh Python processes, one after another."""
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(
+        [root] + [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p]))
+    command = [sys.executable, "-m", "bench.bench_center", "--small-case-worker",
+               "--rounds", str(rounds), "--block", str(block), "--warmup-ms", str(warmup_ms)]
+    runs = []
+    for _ in range(processes):
+        done = subprocess.run(command, cwd=root, env=env, capture_output=True, text=True,
+                              check=True)
+        runs.append(json.loads(done.stdout.strip().splitlines()[-1]))
+    return runs
+
+
+def _per_process(runs, part, name):
+    return [run[part][name] for run in runs]
+
+
+def print_small_case_row(runs):
+    """Table row: medians over processes of each one's median (best of all bests)."""
+    steady = {k: (float(np.median([m for m, _ in _per_process(runs, "steady", k)])),
+                  float(np.min([b for _, b in _per_process(runs, "steady", k)])))
+              for k in ("ours", "loop", "matrix")}
+    cells = [_ms(steady[k]) for k in ("ours", "loop", "matrix")]
+    cells += ["%.0fx (%.0fx)" % (np.median(loop_over_ours(runs, k)),
+                                 steady[k][1] / steady["ours"][1])
+              for k in ("loop", "matrix")]
+    print("| %s, median of %d processes | %s |" % (CASES[0][0], len(runs), " | ".join(cells)))
+
+
+def loop_over_ours(runs, other="loop"):
+    """Per process: median step of ``other`` / median step of CenterLoss."""
+    return [m / o for (m, _), (o, _) in zip(_per_process(runs, "steady", other),
+                                            _per_process(runs, "steady", "ours"))]
+
+
+def print_small_case_details(runs):
+    print("\n%s, each process (median ms per step): CenterLoss %s; loop CustomOp %s; "
+          "loop / ours %s" % (
+              CASES[0][0],
+              " ".join("%.2f" % (m * 1e3) for m, _ in _per_process(runs, "steady", "ours")),
+              " ".join("%.1f" % (m * 1e3) for m, _ in _per_process(runs, "steady", "loop")),
+              " ".join("%.0fx" % r for r in loop_over_ours(runs))))
+    first = {k: float(np.median(_per_process(runs, "first", k))) for k in ("ours", "loop")}
+    print("First step of each turn (cold, not in the table), median over processes: "
+          "CenterLoss %.2f ms, loop CustomOp %.2f ms; loop / ours: %.0fx"
+          % (first["ours"] * 1e3, first["loop"] * 1e3, first["loop"] / first["ours"]))
+    hot, cold = np.median([run["one_op"] for run in runs], axis=0)
+    print("One elementwise op + wait (x + 1 at B=256 D=2): %.3f ms back to back, %.3f ms "
+          "right after a loop CustomOp step" % (hot * 1e3, cold * 1e3))
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--rounds", type=int, default=15)
     parser.add_argument("--block", type=int, default=10,
-                        help="consecutive steps per contender turn at the MNIST-like size")
+                        help="timed steps per contender turn at the MNIST-like size")
+    parser.add_argument("--warmup-ms", type=float, default=20.0,
+                        help="untimed steps for at least this long at the start of every "
+                             "turn (at least one step; 0: none)")
+    parser.add_argument("--processes", type=int, default=5,
+                        help="fresh processes that each time the MNIST-like case")
     parser.add_argument("--quick", action="store_true",
-                        help="5 rounds, and the baselines only at the two smaller sizes")
+                        help="5 rounds, 2 processes, and the baselines only at the two "
+                             "smaller sizes")
+    parser.add_argument("--small-case-worker", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     rounds = 5 if args.quick else args.rounds
-    print("mxnet %s, %d interleaved rounds (MNIST-like: turns of %d steps); ms per step "
+    warmup = args.warmup_ms / 1e3
+    if args.small_case_worker:
+        print(json.dumps(small_case_worker(rounds, args.block, warmup)))
+        return
+    processes = min(args.processes, 2) if args.quick else args.processes
+    if processes < 1:
+        parser.error("--processes must be >= 1, got %d" % processes)
+    print("mxnet %s, %d interleaved rounds; every turn %g ms of untimed steps, then %d "
+          "timed steps (MNIST-like, in %d fresh processes) or 1 (larger); ms per step "
           "(forward + backward + center update), median (best)\n"
-          % (mx.__version__, rounds, args.block))
+          % (mx.__version__, rounds, args.warmup_ms, args.block, processes))
     print("| case | CenterLoss | loop CustomOp | distance matrix | loop / ours | matrix / ours |")
     print("|" + "---|" * 6)
-    for index, (name, batch, dim, classes) in enumerate(CASES):
+    small_runs = run_small_case(processes, rounds, args.block, args.warmup_ms)
+    print_small_case_row(small_runs)
+    for index, (case, batch, dim, classes) in enumerate(CASES[1:], 1):
         x, label = _batch(batch, dim, classes)
         contenders = {"ours": (make_ours(classes, dim).step, x, label)}
         if not (args.quick and index == len(CASES) - 1):
             contenders["loop"] = (LoopCenterLoss(classes, dim).step, x, label)
             contenders["matrix"] = (make_distance_matrix(classes, dim).step, x, label)
-        # The slow baselines at the large sizes get fewer rounds; the ratio needs
-        # their order of magnitude, not their third digit.
-        if index == 0:
-            med = run_interleaved(contenders, rounds, block=args.block)
-        else:
-            med = run_interleaved(contenders, max(3, rounds // 3))
+        # The slow baselines here get fewer rounds; the ratio needs their order of
+        # magnitude, not their third digit.
+        med = {k: v[0] for k, v in
+               run_interleaved(contenders, max(3, rounds // 3), 1, warmup).items()}
         ours = med["ours"]
         cells = [_ms(med[k]) if k in med else "skipped" for k in ("loop", "matrix")]
         ratios = [_ratio(med[k], ours) if k in med else "-" for k in ("loop", "matrix")]
-        print("| %s |" % " | ".join([name, _ms(ours)] + cells + ratios))
-        if index == 0:
-            single = run_interleaved({k: contenders[k] for k in ("ours", "loop")}, rounds)
-            first_case = (name, single, one_op_cost(contenders["loop"][0], x, label, rounds))
+        print("| %s |" % " | ".join([case, _ms(ours)] + cells + ratios))
         del contenders
-
-    name, single, (hot, cold) = first_case
-    print("\n%s, alternating single steps: CenterLoss %s ms, loop CustomOp %s ms; "
-          "loop / ours: %s" % (name, _ms(single["ours"]), _ms(single["loop"]),
-                               _ratio(single["loop"], single["ours"])))
-    print("One elementwise op + wait (x + 1 at B=256 D=2): %.3f ms back to back, %.3f ms "
-          "right after a loop CustomOp step" % (hot * 1e3, cold * 1e3))
+    print_small_case_details(small_runs)
 
     contenders = {}
     for classes in SCALE_KS:
         x, label = _batch(512, 512, classes, seed=1)
         contenders[classes] = (make_ours(classes, 512).step, x, label)
-    med = run_interleaved(contenders, rounds)
+    med = {k: v[0] for k, v in run_interleaved(contenders, rounds, 1, warmup).items()}
     low, high = SCALE_KS
     print("\nCenterLoss alone, B=512 D=512: K=%d %s ms, K=%d %s ms; K=%d / K=%d: %s "
           "(target <= 3x)" % (low, _ms(med[low]), high, _ms(med[high]), high, low,

@@ -582,20 +582,25 @@ class CenterLoss(Loss):
         return super().forward(features, label)
 
     def _check_inputs(self, features, label):
-        if features.ndim != 2:
+        # Each shape and dtype is read once: at small batches every ctypes call shows
+        # in the step time.
+        shape = features.shape
+        if len(shape) != 2:
             raise ValueError("features must be 2-D (%s), got shape %s" % (
                 "batch, feature_dim" if self._batch_axis == 0 else "feature_dim, batch",
-                features.shape))
-        dim = features.shape[1 - self._batch_axis]
+                shape))
+        dim = shape[1 - self._batch_axis]
         if dim != self._feature_dim:
             raise ValueError("features has feature dimension %d but feature_dim=%d"
                              % (dim, self._feature_dim))
         if not isinstance(label, nd.NDArray):
             raise ValueError("label must be an NDArray, got %s" % type(label).__name__)
-        batch = features.shape[self._batch_axis]
-        if label.shape == (batch, 1):
+        batch = shape[self._batch_axis]
+        label_shape = label.shape
+        if label_shape == (batch, 1):
             label = label.reshape((batch,))
-        check_shape("label", label.shape, (batch,), "features of shape %s" % (features.shape,))
+        elif label_shape != (batch,):
+            check_shape("label", label_shape, (batch,), "features of shape %s" % (shape,))
         if self.centers._data is None and not self.centers._deferred_init:
             raise RuntimeError("CenterLoss holds learned centers: call "
                                "loss.initialize(ctx=...) before using it")
@@ -603,7 +608,8 @@ class CenterLoss(Loss):
             # Imperative mode only: reading labels back is the price of a clear error.
             check_labels(label, self._num_classes, self._ignore_label)
         # Masks built from the label multiply the loss, so they share its dtype.
-        return label if label.dtype == features.dtype else label.astype(features.dtype)
+        dtype = features.dtype
+        return label if label.dtype == dtype else label.astype(dtype)
 
     def hybrid_forward(self, F, features, label, centers, center_counts):
         if self._batch_axis == 1:
