@@ -117,15 +117,20 @@ class LoopCenterLossProp(mx.operator.CustomOpProp):
 
 
 class LoopCenterLoss:
+    """The loop recipe as a contender: the centers live in the op's auxiliary state."""
+
     def __init__(self, num_classes, feature_dim):
         self.center = nd.zeros((num_classes, feature_dim))
 
+    def loss(self, features, label):
+        return nd.Custom(features, label, self.center, op_type="bench_loop_center_loss",
+                         num_classes=self.center.shape[0], alpha=ALPHA)
+
+    def after_backward(self, batch_size):
+        """Nothing: the recipe moves its centers inside backward."""
+
     def step(self, x, label):
-        with autograd.record():
-            out = nd.Custom(x, label, self.center, op_type="bench_loop_center_loss",
-                            num_classes=self.center.shape[0], alpha=ALPHA)
-        out.backward()
-        self.center.wait_to_read()
+        loss_only_step(self, x, label)
 
 
 class DistanceMatrixCenterLoss(gluon.HybridBlock):
@@ -154,12 +159,56 @@ class HybridContender:
         self.loss.hybridize(static_alloc=True, static_shape=True)
         self.trainer = make_trainer(loss)
 
+    def after_backward(self, batch_size):
+        self.trainer.step(batch_size)
+
+    def step(self, x, label):
+        loss_only_step(self, x, label)
+
+
+def loss_only_step(contender, x, label):
+    """Forward in autograd.record(), backward, center update, on leaf features ``x``."""
+    with autograd.record():
+        out = contender.loss(x, label)
+    out.backward()
+    contender.after_backward(x.shape[0])
+
+
+class TrainingIteration:
+    """One SGD iteration of a small MNIST-like model, plus a center-loss contender.
+
+    The model: 64 inputs (an 8x8 digit), a 128-unit ReLU layer, 2-D features, a linear
+    10-class softmax head. It is deliberately light: the lighter the network, the less
+    of a loss's cost hides behind the network's own work, so a loss's addition to
+    the iteration is measured at its least flattering.
+    """
+
+    def __init__(self, contender=None, seed=0):
+        mx.random.seed(seed)
+        self.net = gluon.nn.HybridSequential()
+        self.net.add(gluon.nn.Dense(128, activation="relu", in_units=64),
+                     gluon.nn.Dense(2, in_units=128))
+        self.head = gluon.nn.Dense(10, in_units=2)
+        self.softmax_ce = gluon.loss.SoftmaxCrossEntropyLoss()
+        self.net.initialize(mx.init.Xavier())
+        self.head.initialize(mx.init.Xavier())
+        for block in (self.net, self.head, self.softmax_ce):
+            block.hybridize(static_alloc=True, static_shape=True)
+        params = self.net.collect_params()
+        params.update(self.head.collect_params())
+        self.trainer = gluon.Trainer(params, "sgd", {"learning_rate": 0.01})
+        self.contender = contender
+
     def step(self, x, label):
         with autograd.record():
-            out = self.loss(x, label)
-        out.backward()
+            features = self.net(x)
+            total = self.softmax_ce(self.head(features), label)
+            if self.contender is not None:
+                total = total + self.contender.loss(features, label)
+        total.backward()
         self.trainer.step(x.shape[0])
-        self.loss.centers.data().wait_to_read()
+        if self.contender is not None:
+            self.contender.after_backward(x.shape[0])
 
 
 def make_distance_matrix(num_classes, feature_dim):
@@ -183,20 +232,21 @@ def _batch(batch, feature_dim, num_classes, seed=0):
 def _timed(step, x, label):
     start = time.perf_counter()
     step(x, label)
-    x.grad.wait_to_read()
+    nd.waitall()
     return time.perf_counter() - start
 
 
 def run_interleaved(contenders, rounds, block=1, warmup=0.0):
-    """contenders: {name: (step, x, label)} -> {name: ((median, best) s, first steps s)}.
+    """contenders: {name: (step, x, label)} -> {name: timings in s}.
 
     Each round gives every contender a turn: untimed steps for at least ``warmup``
-    seconds (at least one if ``warmup`` > 0), then ``block`` timed ones. ``first steps``
-    lists the time of each turn's first step.
+    seconds (at least one if ``warmup`` > 0), then ``block`` timed ones. Timings:
+    ``median`` and ``best`` over all timed steps, ``rounds`` the median of each
+    round's turn, ``first`` the median over turns of their first step.
     """
     for step, x, label in contenders.values():  # graph building, allocation
         step(x, label)
-    times = {name: [] for name in contenders}
+    turns = {name: [] for name in contenders}
     firsts = {name: [] for name in contenders}
     for _ in range(rounds):
         for name, (step, x, label) in contenders.items():
@@ -205,9 +255,11 @@ def run_interleaved(contenders, rounds, block=1, warmup=0.0):
                 warm.append(_timed(step, x, label))
             turn = [_timed(step, x, label) for _ in range(block)]
             firsts[name].append((warm or turn)[0])
-            times[name].extend(turn)
-    return {name: ((float(np.median(t)), float(np.min(t))), firsts[name])
-            for name, t in times.items()}
+            turns[name].append(turn)
+    return {name: {"median": float(np.median(turn_list)), "best": float(np.min(turn_list)),
+                   "rounds": [float(np.median(t)) for t in turn_list],
+                   "first": float(np.median(firsts[name]))}
+            for name, turn_list in turns.items()}
 
 
 def one_op_cost(loop_step, x, label, rounds):
@@ -227,26 +279,40 @@ def one_op_cost(loop_step, x, label, rounds):
     return float(np.median(hot)), float(np.median(cold))
 
 
-def _ms(pair):
-    return "%.2f (%.2f)" % (pair[0] * 1e3, pair[1] * 1e3)
+def _ms(timing):
+    return "%.2f (%.2f)" % (timing["median"] * 1e3, timing["best"] * 1e3)
 
 
-def _ratio(pair, ours, digits=0):
-    return "%.*fx (%.*fx)" % (digits, pair[0] / ours[0], digits, pair[1] / ours[1])
+def _ratio(timing, ours, digits=0):
+    return "%.*fx (%.*fx)" % (digits, timing["median"] / ours["median"],
+                              digits, timing["best"] / ours["best"])
+
+
+def _digits_batch(batch):
+    """The first ``batch`` 8x8 digits of scikit-learn's copy, (batch, 64) in [0, 1]."""
+    from sklearn.datasets import load_digits
+    digits = load_digits()
+    return (nd.array(digits.data[:batch] / 16.0),
+            nd.array(digits.target[:batch].astype(np.float32)))
 
 
 def small_case_worker(rounds, block, warmup):
-    """The MNIST-like case in this process -> dict of seconds, printed as JSON."""
+    """Both protocols at the MNIST-like size in this process -> dict (seconds)."""
     _, batch, dim, classes = CASES[0]
     x, label = _batch(batch, dim, classes)
     contenders = {"ours": (make_ours(classes, dim).step, x, label),
                   "loop": (LoopCenterLoss(classes, dim).step, x, label),
                   "matrix": (make_distance_matrix(classes, dim).step, x, label)}
-    result = run_interleaved(contenders, rounds, block, warmup)
-    hot, cold = one_op_cost(contenders["loop"][0], x, label, rounds)
-    return {"steady": {k: v[0] for k, v in result.items()},
-            "first": {k: float(np.median(v[1])) for k, v in result.items()},
-            "one_op": [hot, cold]}
+    loss_only = run_interleaved(contenders, rounds, block, warmup)
+    one_op = one_op_cost(contenders["loop"][0], x, label, rounds)
+    data, target = _digits_batch(batch)
+    models = {"none": TrainingIteration(),
+              "ours": TrainingIteration(make_ours(classes, dim)),
+              "loop": TrainingIteration(LoopCenterLoss(classes, dim)),
+              "matrix": TrainingIteration(make_distance_matrix(classes, dim))}
+    in_training = run_interleaved({k: (m.step, data, target) for k, m in models.items()},
+                                  rounds, block, warmup)
+    return {"loss_only": loss_only, "in_training": in_training, "one_op": one_op}
 
 
 def run_small_case(processes, rounds, block, warmup_ms):
@@ -264,42 +330,71 @@ def run_small_case(processes, rounds, block, warmup_ms):
     return runs
 
 
-def _per_process(runs, part, name):
-    return [run[part][name] for run in runs]
+def _over_processes(runs, protocol, name):
+    """Median over processes of each one's median; best of all bests."""
+    timings = [run[protocol][name] for run in runs]
+    return {"median": float(np.median([t["median"] for t in timings])),
+            "best": float(np.min([t["best"] for t in timings]))}
+
+
+def per_process_ratios(runs, other):
+    """Per process: median loss-only step of ``other`` / that of CenterLoss."""
+    return [run["loss_only"][other]["median"] / run["loss_only"]["ours"]["median"]
+            for run in runs]
 
 
 def print_small_case_row(runs):
-    """Table row: medians over processes of each one's median (best of all bests)."""
-    steady = {k: (float(np.median([m for m, _ in _per_process(runs, "steady", k)])),
-                  float(np.min([b for _, b in _per_process(runs, "steady", k)])))
-              for k in ("ours", "loop", "matrix")}
+    steady = {k: _over_processes(runs, "loss_only", k) for k in ("ours", "loop", "matrix")}
     cells = [_ms(steady[k]) for k in ("ours", "loop", "matrix")]
-    cells += ["%.0fx (%.0fx)" % (np.median(loop_over_ours(runs, k)),
-                                 steady[k][1] / steady["ours"][1])
+    cells += ["%.0fx (%.0fx)" % (np.median(per_process_ratios(runs, k)),
+                                 steady[k]["best"] / steady["ours"]["best"])
               for k in ("loop", "matrix")]
     print("| %s, median of %d processes | %s |" % (CASES[0][0], len(runs), " | ".join(cells)))
 
 
-def loop_over_ours(runs, other="loop"):
-    """Per process: median step of ``other`` / median step of CenterLoss."""
-    return [m / o for (m, _), (o, _) in zip(_per_process(runs, "steady", other),
-                                            _per_process(runs, "steady", "ours"))]
-
-
 def print_small_case_details(runs):
+    loss_only = [run["loss_only"] for run in runs]
     print("\n%s, each process (median ms per step): CenterLoss %s; loop CustomOp %s; "
           "loop / ours %s" % (
-              CASES[0][0],
-              " ".join("%.2f" % (m * 1e3) for m, _ in _per_process(runs, "steady", "ours")),
-              " ".join("%.1f" % (m * 1e3) for m, _ in _per_process(runs, "steady", "loop")),
-              " ".join("%.0fx" % r for r in loop_over_ours(runs))))
-    first = {k: float(np.median(_per_process(runs, "first", k))) for k in ("ours", "loop")}
+              CASES[0][0], " ".join("%.2f" % (r["ours"]["median"] * 1e3) for r in loss_only),
+              " ".join("%.1f" % (r["loop"]["median"] * 1e3) for r in loss_only),
+              " ".join("%.0fx" % r for r in per_process_ratios(runs, "loop"))))
+    first = {k: float(np.median([r[k]["first"] for r in loss_only])) for k in ("ours", "loop")}
     print("First step of each turn (cold, not in the table), median over processes: "
           "CenterLoss %.2f ms, loop CustomOp %.2f ms; loop / ours: %.0fx"
           % (first["ours"] * 1e3, first["loop"] * 1e3, first["loop"] / first["ours"]))
     hot, cold = np.median([run["one_op"] for run in runs], axis=0)
     print("One elementwise op + wait (x + 1 at B=256 D=2): %.3f ms back to back, %.3f ms "
           "right after a loop CustomOp step" % (hot * 1e3, cold * 1e3))
+
+
+def print_training_iteration(runs):
+    """What each loss adds to a training iteration, from paired per-round differences."""
+    added = {}
+    for name in ("ours", "loop", "matrix"):
+        added[name] = np.array([
+            np.subtract(run["in_training"][name]["rounds"], run["in_training"]["none"]["rounds"])
+            for run in runs])
+    print("\nInside a training iteration (MNIST-like: 256 8x8 digits, MLP 64-128-2 features, "
+          "10-class softmax head, SGD; %d processes): ms per iteration, median over "
+          "processes; added = the median over rounds of (iteration with the loss - "
+          "iteration without, same round), median over processes [90th percentile over "
+          "all rounds]\n" % len(runs))
+    print("| loss term | iteration | added | loop / ours |")
+    print("|---|---|---|---|")
+    print("| none (softmax only) | %.3f | - | - |"
+          % (_over_processes(runs, "in_training", "none")["median"] * 1e3))
+    ours_upper = max(float(np.percentile(added["ours"], 90)), 1e-6)
+    labels = {"ours": "CenterLoss", "loop": "loop CustomOp", "matrix": "distance matrix"}
+    for name in ("ours", "loop", "matrix"):
+        median_added = float(np.median(np.median(added[name], axis=1)))
+        ratio = ("%.0fx, or more than %.0fx against the 90th percentile"
+                 % (median_added / max(float(np.median(np.median(added["ours"], axis=1))),
+                                       1e-6), median_added / ours_upper)
+                 if name == "loop" else "-")
+        print("| %s | %.3f | %+.3f [%+.3f] | %s |" % (
+            labels[name], _over_processes(runs, "in_training", name)["median"] * 1e3,
+            median_added * 1e3, float(np.percentile(added[name], 90)) * 1e3, ratio))
 
 
 def main(argv=None):
@@ -326,9 +421,9 @@ def main(argv=None):
     if processes < 1:
         parser.error("--processes must be >= 1, got %d" % processes)
     print("mxnet %s, %d interleaved rounds; every turn %g ms of untimed steps, then %d "
-          "timed steps (MNIST-like, in %d fresh processes) or 1 (larger); ms per step "
-          "(forward + backward + center update), median (best)\n"
-          % (mx.__version__, rounds, args.warmup_ms, args.block, processes))
+          "timed steps (MNIST-like, in %d fresh processes) or 1 (larger); the loss alone "
+          "on leaf features: ms per step (forward + backward + center update), median "
+          "(best)\n" % (mx.__version__, rounds, args.warmup_ms, args.block, processes))
     print("| case | CenterLoss | loop CustomOp | distance matrix | loop / ours | matrix / ours |")
     print("|" + "---|" * 6)
     small_runs = run_small_case(processes, rounds, args.block, args.warmup_ms)
@@ -341,24 +436,25 @@ def main(argv=None):
             contenders["matrix"] = (make_distance_matrix(classes, dim).step, x, label)
         # The slow baselines here get fewer rounds; the ratio needs their order of
         # magnitude, not their third digit.
-        med = {k: v[0] for k, v in
-               run_interleaved(contenders, max(3, rounds // 3), 1, warmup).items()}
-        ours = med["ours"]
-        cells = [_ms(med[k]) if k in med else "skipped" for k in ("loop", "matrix")]
-        ratios = [_ratio(med[k], ours) if k in med else "-" for k in ("loop", "matrix")]
+        timings = run_interleaved(contenders, max(3, rounds // 3), 1, warmup)
+        ours = timings["ours"]
+        cells = [_ms(timings[k]) if k in timings else "skipped" for k in ("loop", "matrix")]
+        ratios = [_ratio(timings[k], ours) if k in timings else "-"
+                  for k in ("loop", "matrix")]
         print("| %s |" % " | ".join([case, _ms(ours)] + cells + ratios))
         del contenders
     print_small_case_details(small_runs)
+    print_training_iteration(small_runs)
 
     contenders = {}
     for classes in SCALE_KS:
         x, label = _batch(512, 512, classes, seed=1)
         contenders[classes] = (make_ours(classes, 512).step, x, label)
-    med = {k: v[0] for k, v in run_interleaved(contenders, rounds, 1, warmup).items()}
+    timings = run_interleaved(contenders, rounds, 1, warmup)
     low, high = SCALE_KS
     print("\nCenterLoss alone, B=512 D=512: K=%d %s ms, K=%d %s ms; K=%d / K=%d: %s "
-          "(target <= 3x)" % (low, _ms(med[low]), high, _ms(med[high]), high, low,
-                              _ratio(med[high], med[low], 2)))
+          "(target <= 3x)" % (low, _ms(timings[low]), high, _ms(timings[high]), high, low,
+                              _ratio(timings[high], timings[low], 2)))
 
 
 if __name__ == "__main__":

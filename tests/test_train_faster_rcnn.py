@@ -2,7 +2,6 @@
 weighted RCNN classification loss sees exactly GluonCV's cls_pred / cls_targets."""
 import json
 import os
-import time
 
 import numpy as np
 import pytest
@@ -120,7 +119,6 @@ def test_smoke_train_checkpoint_resume_export(tmp_path, shapes_root):
     out = str(tmp_path / "run")
     common = ["--data-root", shapes_root, "--shapes-train", "8", "--shapes-test", "4",
               "--max-iters", "3", "--val-interval", "1", "--out", out, "--quiet"]
-    tic = time.time()
     result = T.main(common + ["--epochs", "1", "--no-export", "--hybridize"])
     assert len(result["history"]) == 1
     for key in ("rpn_cls", "rpn_box", "rcnn_cls", "rcnn_box"):
@@ -157,7 +155,6 @@ def test_smoke_train_checkpoint_resume_export(tmp_path, shapes_root):
         assert name in meta["classes"] and 0.0 <= score <= 1.0 and len(box) == 4
     lines = T.summarize([out])
     assert len(lines) == 3 and lines[0].startswith("| run | RCNN cls loss") and "mAP" in lines[0]
-    assert time.time() - tic < 60
 
 
 def test_shapes_set_is_deterministic_and_imbalanced(tmp_path):
