@@ -21,9 +21,9 @@ the timed steps.
 Why a warm-up in every turn. A training loop runs the loss every iteration right
 after the network's own MXNet work, with MXNet's engine threads busy. In a round-robin,
 CenterLoss's turn starts right after half a second of the loop contender's Python:
-its first step then costs several times its steady step, and the next ones return to
-it only over about 5 ms (about 15 steps), whatever the loss (the bench prints the cost
-of one elementwise op back to back and right after a loop step). That is the
+its first step then costs about twice its steady step, and the next ones stay about
+10 % slower for some 25 ms, whatever the loss (the bench prints the cost of one
+elementwise op back to back and right after a loop step). That is the
 protocol's cost, not the loss's. Every contender gets the same warm-up time, and the
 bench prints the first step of each turn, outside the table, so the cold figure is
 there to read too.
@@ -35,6 +35,9 @@ processes and about 50 ms in others, for a whole process. So that case runs
 ``--processes`` times, each in a fresh Python process with its own interleaved rounds,
 and the bench prints every process's figures and their median (as pyperf spreads a
 benchmark over worker processes). The large sizes run once, in this process.
+
+The MNIST-like case is also timed inside a training iteration of a small model (see
+``TrainingIteration``): what each center-loss term adds to the iteration.
 
     python -m bench.bench_center [--rounds 15] [--processes 5] [--quick]
 """
