@@ -141,7 +141,7 @@ def _dense_eq4_op(alpha, shape, dtype):
     """(CachedOp, input order) for Eq. 4 over whole tables, one per alpha and table.
 
     Static shapes let MXNet plan memory and executors once per table instead of on
-    every call: measured here, that halves the cost of a call at small K x D.
+    every call: measured here, that nearly halves the cost of a call at small K x D.
     """
     key = (alpha, shape, dtype)
     entry = _DENSE_EQ4_OPS.get(key)
