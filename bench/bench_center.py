@@ -51,6 +51,7 @@ import time
 import numpy as np
 import mxnet as mx
 from mxnet import autograd, gluon, nd
+from tqdm import tqdm
 
 from gluon_losses import CenterLoss
 
@@ -346,7 +347,8 @@ def run_small_case(processes, rounds, block, warmup_ms):
     command = [sys.executable, "-m", "bench.bench_center", "--small-case-worker",
                "--rounds", str(rounds), "--block", str(block), "--warmup-ms", str(warmup_ms)]
     runs = []
-    for _ in range(processes):
+    for _ in tqdm(range(processes), desc="MNIST-like case, fresh processes", unit="process",
+                  file=sys.stderr, leave=False):
         done = subprocess.run(command, cwd=root, env=env, capture_output=True, text=True,
                               check=True)
         runs.append(json.loads(done.stdout.strip().splitlines()[-1]))
@@ -372,7 +374,8 @@ def print_small_case_row(runs):
     cells += ["%.0fx (%.0fx)" % (np.median(per_process_ratios(runs, k)),
                                  steady[k]["best"] / steady["ours"]["best"])
               for k in ("loop", "matrix")]
-    print("| %s, median of %d processes | %s |" % (CASES[0][0], len(runs), " | ".join(cells)))
+    print("| %s, median of %d process%s | %s |" % (
+        CASES[0][0], len(runs), "" if len(runs) == 1 else "es", " | ".join(cells)))
 
 
 def print_small_case_details(runs):
@@ -447,9 +450,10 @@ def main(argv=None):
     if processes < 1:
         parser.error("--processes must be >= 1, got %d" % processes)
     print("mxnet %s, %d interleaved rounds; every turn %g ms of untimed steps, then %d "
-          "timed steps (MNIST-like, in %d fresh processes) or 1 (larger); the loss alone "
+          "timed steps (MNIST-like, in %d fresh process%s) or 1 (larger); the loss alone "
           "on leaf features: ms per step (forward + backward + center update), median "
-          "(best)\n" % (mx.__version__, rounds, args.warmup_ms, args.block, processes))
+          "(best)\n" % (mx.__version__, rounds, args.warmup_ms, args.block, processes,
+                       "" if processes == 1 else "es"))
     print("| case | CenterLoss | loop CustomOp | distance matrix | loop / ours | matrix / ours |")
     print("|" + "---|" * 6)
     small_runs = run_small_case(processes, rounds, args.block, args.warmup_ms)
