@@ -600,7 +600,7 @@ class CenterLoss(Loss):
         label_shape = label.shape
         if label_shape == (batch, 1):
             label = label.reshape((batch,))
-        elif label_shape != (batch,):
+        else:
             check_shape("label", label_shape, (batch,), "features of shape %s" % (shape,))
         if self.centers._data is None and not self.centers._deferred_init:
             raise RuntimeError("CenterLoss holds learned centers: call "
