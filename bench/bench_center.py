@@ -42,11 +42,11 @@ The MNIST-like case is also timed inside a training iteration of a small model (
     python -m bench.bench_center [--rounds 15] [--processes 5] [--quick]
 """
 import argparse
+import functools
 import json
 import os
 import subprocess
 import sys
-import time
 
 import numpy as np
 import mxnet as mx
@@ -54,6 +54,7 @@ from mxnet import autograd, gluon, nd
 from tqdm import tqdm
 
 from gluon_losses import CenterLoss
+from bench.timing import interleave, timed
 
 ALPHA = 0.5
 CASES = [  # (name, batch, feature_dim, num_classes)
@@ -120,8 +121,25 @@ class LoopCenterLossProp(mx.operator.CustomOpProp):
         return LoopCenterLossOp(self.alpha)
 
 
-class LoopCenterLoss:
-    """The loop recipe as a contender: the centers live in the op's auxiliary state."""
+class Contender:
+    """A center-loss contender: ``loss(features, label)`` inside autograd.record(), and
+    ``after_backward(batch_size)`` for whatever moves its centers after backward."""
+
+    def after_backward(self, batch_size):
+        """Nothing by default."""
+
+    def step(self, x, label):
+        """The loss alone: forward in autograd.record(), backward, center update, on
+        leaf features ``x``."""
+        with autograd.record():
+            out = self.loss(x, label)
+        out.backward()
+        self.after_backward(x.shape[0])
+
+
+class LoopCenterLoss(Contender):
+    """The loop recipe as a contender: the centers live in the op's auxiliary state,
+    and its backward moves them."""
 
     def __init__(self, num_classes, feature_dim):
         self.center = nd.zeros((num_classes, feature_dim))
@@ -129,12 +147,6 @@ class LoopCenterLoss:
     def loss(self, features, label):
         return nd.Custom(features, label, self.center, op_type="bench_loop_center_loss",
                          num_classes=self.center.shape[0], alpha=ALPHA)
-
-    def after_backward(self, batch_size):
-        """Nothing: the recipe moves its centers inside backward."""
-
-    def step(self, x, label):
-        loss_only_step(self, x, label)
 
 
 class DistanceMatrixCenterLoss(gluon.HybridBlock):
@@ -154,7 +166,7 @@ class DistanceMatrixCenterLoss(gluon.HybridBlock):
         return 0.5 * F.sum(dist * mask, axis=1)
 
 
-class HybridContender:
+class HybridContender(Contender):
     """A hybridized loss with centers, and the trainer that updates them."""
 
     def __init__(self, loss, make_trainer):
@@ -165,17 +177,6 @@ class HybridContender:
 
     def after_backward(self, batch_size):
         self.trainer.step(batch_size)
-
-    def step(self, x, label):
-        loss_only_step(self, x, label)
-
-
-def loss_only_step(contender, x, label):
-    """Forward in autograd.record(), backward, center update, on leaf features ``x``."""
-    with autograd.record():
-        out = contender.loss(x, label)
-    out.backward()
-    contender.after_backward(x.shape[0])
 
 
 class TrainingIteration:
@@ -215,7 +216,7 @@ class TrainingIteration:
             self.contender.after_backward(x.shape[0])
 
 
-class L2LossFloor:
+class L2LossFloor(Contender):
     """gluon's L2Loss to zero targets, hybridized, no centers: the least any
     hybridized loss step (forward + backward) costs in MXNet here."""
 
@@ -226,12 +227,6 @@ class L2LossFloor:
 
     def loss(self, features, label):
         return self.block(features, self.target)
-
-    def after_backward(self, batch_size):
-        """No state to update."""
-
-    def step(self, x, label):
-        loss_only_step(self, x, label)
 
 
 def make_distance_matrix(num_classes, feature_dim):
@@ -253,44 +248,31 @@ def _batch(batch, feature_dim, num_classes, seed=0):
 
 
 def _timed(step, x, label):
-    start = time.perf_counter()
-    step(x, label)
-    nd.waitall()
-    return time.perf_counter() - start
+    return timed(functools.partial(step, x, label))
 
 
 def run_interleaved(contenders, rounds, block=1, warmup=0.0):
     """contenders: {name: (step, x, label)} -> {name: timings in s}.
 
-    Each round gives every contender a turn: untimed steps for at least ``warmup``
-    seconds (at least one if ``warmup`` > 0), then ``block`` timed ones. Timings:
-    ``median`` and ``best`` over all timed steps, ``rounds`` the median of each
-    round's turn, ``first`` the median over turns of their first step.
+    One untimed step each, then ``rounds`` rounds in which every contender takes a
+    turn: untimed steps for at least ``warmup`` seconds, then ``block`` timed ones
+    (see ``bench.timing.interleave``). Timings: ``median`` and ``best`` over all timed
+    steps, ``rounds`` the median of each round's turn, ``first`` the median over
+    turns of their first step.
     """
-    for step, x, label in contenders.values():  # graph building, allocation
-        step(x, label)
-    turns = {name: [] for name in contenders}
-    firsts = {name: [] for name in contenders}
-    for _ in range(rounds):
-        for name, (step, x, label) in contenders.items():
-            warm = []
-            while warmup > 0 and (not warm or sum(warm) < warmup):
-                warm.append(_timed(step, x, label))
-            turn = [_timed(step, x, label) for _ in range(block)]
-            firsts[name].append((warm or turn)[0])
-            turns[name].append(turn)
-    return {name: {"median": float(np.median(turn_list)), "best": float(np.min(turn_list)),
-                   "rounds": [float(np.median(t)) for t in turn_list],
-                   "first": float(np.median(firsts[name]))}
-            for name, turn_list in turns.items()}
+    calls = {name: functools.partial(_timed, step, x, label)
+             for name, (step, x, label) in contenders.items()}
+    result = interleave(calls, rounds, warmup_rounds=1, block=block, warmup_seconds=warmup)
+    return {name: {"median": float(np.median(r["turns"])), "best": float(np.min(r["turns"])),
+                   "rounds": [float(np.median(t)) for t in r["turns"]],
+                   "first": float(np.median(r["firsts"]))}
+            for name, r in result.items()}
 
 
 def one_op_cost(loop_step, x, label, rounds):
     """(back to back, right after a loop step): median s of ``(x + 1).wait_to_read()``."""
     def one_op():
-        start = time.perf_counter()
-        (x + 1).wait_to_read()
-        return time.perf_counter() - start
+        return timed(lambda: x + 1)
 
     one_op()
     hot = [one_op() for _ in range(rounds)]

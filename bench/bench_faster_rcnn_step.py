@@ -12,10 +12,10 @@ classification losses alone (forward + backward on the model's ``cls_pred`` /
 share. Target: the weighted loss costs no more than 2% of the step.
 """
 import argparse
+import functools
 import os
 import sys
 import tempfile
-import time
 
 if __package__ in (None, ""):
     sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -24,6 +24,7 @@ import numpy as np
 import mxnet as mx
 from mxnet import autograd, gluon
 
+from bench.timing import interleave, timed
 from train import train_faster_rcnn as T
 
 
@@ -35,11 +36,11 @@ def _batch(net, dataset, n):
     return T._shards(batch, [mx.cpu()])[0]
 
 
-def _time(fn):
-    tic = time.perf_counter()
-    fn()
-    mx.nd.waitall()
-    return time.perf_counter() - tic
+def _interleave_pair(fns, iters, warmup):
+    """{name: fn} -> {name: [seconds of each timed call]}, in ABBA order."""
+    calls = {name: functools.partial(timed, fn) for name, fn in fns.items()}
+    result = interleave(calls, iters, warmup_rounds=warmup, alternate=True)
+    return {name: [t for turn in r["turns"] for t in turn] for name, r in result.items()}
 
 
 def main(argv=None):
@@ -82,20 +83,12 @@ def main(argv=None):
         return fn
 
     order = ["weighted", "softmax"]
-    times = {k: [] for k in order}
-    for i in range(args.warmup + args.iters):
-        pair = order if i % 2 == 0 else order[::-1]  # ABBA
-        for name in pair:
-            t = _time(run_step(steps[name]))
-            if i >= args.warmup:
-                times[name].append(t)
+    times = _interleave_pair({k: run_step(steps[k]) for k in order}, args.iters, args.warmup)
 
     # the two losses alone, on the model's own training output
     with autograd.train_mode():
         out = net(shard[0], shard[1][:, :, :4], shard[1][:, :, 4:5])
     cls_pred, cls_targets = out[0].detach(), out[8].detach()
-    loss_times = {k: [] for k in order}
-
     def run_loss(step):
         def fn():
             pred = cls_pred.copy()
@@ -106,12 +99,8 @@ def main(argv=None):
             pred.grad.wait_to_read()
         return fn
 
-    for i in range(args.warmup + args.loss_iters):
-        pair = order if i % 2 == 0 else order[::-1]
-        for name in pair:
-            t = _time(run_loss(steps[name]))
-            if i >= args.warmup:
-                loss_times[name].append(t)
+    loss_times = _interleave_pair({k: run_loss(steps[k]) for k in order}, args.loss_iters,
+                                  args.warmup)
 
     med = {k: float(np.median(v)) for k, v in times.items()}
     lmed = {k: float(np.median(v)) for k, v in loss_times.items()}

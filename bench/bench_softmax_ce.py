@@ -8,6 +8,7 @@ SoftmaxCrossEntropyLoss.
     python -m bench.bench_softmax_ce [--rounds 30] [--quick]
 """
 import argparse
+import functools
 import time
 
 import numpy as np
@@ -15,6 +16,7 @@ import mxnet as mx
 from mxnet import autograd, gluon
 
 from gluon_losses import WeightedSoftmaxCELoss
+from bench.timing import interleave
 
 IGNORE = -1
 CASES = [  # (name, pred shape, class axis)
@@ -140,13 +142,10 @@ def time_step(block, pred, label):
 def run_case(shape, axis, rounds, warmup=3):
     pred, label, class_weight = make_inputs(shape, axis)
     blocks = contenders(shape, axis, class_weight)
-    times = {name: [] for name in blocks}
-    for round_index in range(warmup + rounds):
-        for name, block in blocks.items():
-            elapsed = time_step(block, pred, label)
-            if round_index >= warmup:
-                times[name].append(elapsed)
-    return {name: float(np.median(values)) for name, values in times.items()}
+    calls = {name: functools.partial(time_step, block, pred, label)
+             for name, block in blocks.items()}
+    result = interleave(calls, rounds, warmup_rounds=warmup)
+    return {name: float(np.median(r["turns"])) for name, r in result.items()}
 
 
 def main(argv=None):
