@@ -3,6 +3,7 @@ import json
 import logging
 import os
 import random
+import sys
 import tempfile
 
 import numpy as np
@@ -91,8 +92,20 @@ def load_checkpoint(directory, blocks, trainers, ctx):
     return record
 
 
+class TqdmHandler(logging.StreamHandler):
+    """Console log lines printed through tqdm, so they do not tear the progress bars."""
+
+    def emit(self, record):
+        from tqdm import tqdm
+        try:
+            tqdm.write(self.format(record), file=sys.stderr)
+        except Exception:                                           # pragma: no cover
+            self.handleError(record)
+
+
 def get_logger(out_dir, quiet=False, name="train"):
-    """A logger writing to ``out_dir/train.log`` and, unless ``quiet``, to the console."""
+    """A logger writing to ``out_dir/train.log`` and, unless ``quiet``, to the console
+    (through tqdm, since both training scripts show progress bars)."""
     logger = logging.getLogger(name)
     logger.setLevel(logging.INFO)
     logger.handlers = []
@@ -100,7 +113,7 @@ def get_logger(out_dir, quiet=False, name="train"):
     formatter = logging.Formatter("%(asctime)s %(message)s")
     handlers = [logging.FileHandler(os.path.join(out_dir, "train.log"))]
     if not quiet:
-        handlers.append(logging.StreamHandler())
+        handlers.append(TqdmHandler())
     for handler in handlers:
         handler.setFormatter(formatter)
         logger.addHandler(handler)

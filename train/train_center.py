@@ -15,7 +15,6 @@ gets feature scatter plots, loss curves, ``metrics.json`` and the parameters.
 See the README (section "Softmax vs softmax + center loss") for every flag and the results.
 """
 import argparse
-import logging
 import os
 import platform
 import sys
@@ -204,27 +203,6 @@ def resolve_args(argv=None):
 
 
 # --------------------------------------------------------------------------- helpers
-class TqdmHandler(logging.StreamHandler):
-    """Console log lines printed through tqdm, so they do not tear the progress bars."""
-
-    def emit(self, record):
-        from tqdm import tqdm
-        try:
-            tqdm.write(self.format(record), file=sys.stderr)
-        except Exception:                                           # pragma: no cover
-            self.handleError(record)
-
-
-def make_logger(out_dir):
-    logger = get_logger(out_dir, quiet=False, name="train_center")
-    for i, handler in enumerate(logger.handlers):
-        if type(handler) is logging.StreamHandler:
-            tq = TqdmHandler()
-            tq.setFormatter(handler.formatter)
-            logger.handlers[i] = tq
-    return logger
-
-
 def make_kvstores(kind):
     """``(network kvstore, center kvstore, rank, workers)`` for ``--kvstore kind``."""
     if "dist" not in kind:
@@ -381,7 +359,7 @@ def main(argv=None):
     # with dist_sync, worker 0 writes the run folder; the others only their log
     out_private = out if rank == 0 else os.path.join(out, "worker-%d" % rank)
     os.makedirs(out_private, exist_ok=True)
-    log = make_logger(out_private)
+    log = get_logger(out_private, name="train_center")
     ctx = parse_contexts(args.ctx, args.gpus)
     ckpt_dir = os.path.join(out, CHECKPOINT_DIR)
     resuming = bool(args.resume)
