@@ -28,14 +28,6 @@ from bench.timing import interleave, timed
 from train import train_faster_rcnn as T
 
 
-def _batch(net, dataset, n):
-    from gluoncv.data.batchify import FasterRCNNTrainBatchify
-    from gluoncv.data.transforms.presets.rcnn import FasterRCNNDefaultTrainTransform
-    transform = FasterRCNNDefaultTrainTransform(net.short, net.max_size, net, ashape=net.ashape)
-    batch = FasterRCNNTrainBatchify(net, 1)([transform(*dataset[i]) for i in range(n)])
-    return T._shards(batch, [mx.cpu()])[0]
-
-
 def _interleave_pair(fns, iters, warmup):
     """{name: fn} -> {name: [seconds of each timed call]}, in ABBA order."""
     calls = {name: functools.partial(timed, fn) for name, fn in fns.items()}
@@ -72,7 +64,7 @@ def main(argv=None):
         steps[name] = T.DetectionStep(net, losses, weighted=name == "weighted")
     if args.hybridize:
         net.hybridize(static_alloc=True)
-    shard = _batch(net, train_set, args.batch_size)
+    shard = T.fixed_shard(net, train_set, args.batch_size)
 
     def run_step(step):
         def fn():

@@ -12,14 +12,6 @@ from train import train_faster_rcnn as T
 from train.shapes_detection import ShapesDetection
 
 
-def _one_batch(net, dataset, n):
-    from gluoncv.data.batchify import FasterRCNNTrainBatchify
-    from gluoncv.data.transforms.presets.rcnn import FasterRCNNDefaultTrainTransform
-    transform = FasterRCNNDefaultTrainTransform(net.short, net.max_size, net, ashape=net.ashape)
-    batch = FasterRCNNTrainBatchify(net, 1)([transform(*dataset[i]) for i in range(n)])
-    return T._shards(batch, [mx.cpu()])[0]
-
-
 class _Recorder(object):
     """Calls ``target`` and remembers the arguments and the result."""
 
@@ -62,7 +54,7 @@ def test_weighted_loss_receives_gluoncv_cls_pred_and_cls_targets(shapes_root):
     losses["rcnn_cls"] = spy_loss
     spy_net = _Recorder(net)
     step = T.DetectionStep(spy_net, losses, weighted=True)
-    parts = step.forward_backward(_one_batch(net, train_set, args.batch_size))
+    parts = step.forward_backward(T.fixed_shard(net, train_set, args.batch_size))
 
     (net_args, out), = spy_net.calls
     (loss_args, loss_out), = spy_loss.calls
@@ -92,7 +84,7 @@ def test_unit_weights_match_gluoncv_masked_softmax_loss(shapes_root):
     """With unit weights the drop-in equals GluonCV's mask-and-rescale, value and gradient."""
     args, train_set, classes, net, _ = _tiny_setup(
         shapes_root, "none", rpn_train_pre_nms=64, rpn_train_post_nms=64, rpn_nms_thresh=0.3)
-    shard = _one_batch(net, train_set, args.batch_size)
+    shard = T.fixed_shard(net, train_set, args.batch_size)
     with autograd.train_mode():
         out = net(shard[0], shard[1][:, :, :4], shard[1][:, :, 4:5])
     cls_pred, cls_targets = out[0].detach(), out[8].detach()

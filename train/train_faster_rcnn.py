@@ -423,6 +423,22 @@ def _shards(batch, ctx):
     return list(zip(*per_field))
 
 
+def train_transform(net):
+    """GluonCV's Faster R-CNN training transform for ``net`` (resize, flip, RPN targets)."""
+    from gluoncv.data.transforms.presets.rcnn import FasterRCNNDefaultTrainTransform
+    return FasterRCNNDefaultTrainTransform(net.short, net.max_size, net, ashape=net.ashape,
+                                           multi_stage=getattr(net, "num_stages", 1) > 1)
+
+
+def fixed_shard(net, dataset, n):
+    """The first ``n`` images of ``dataset`` as one training shard on the CPU, the way
+    the loader would batch them (for tests and benchmarks that repeat one batch)."""
+    from gluoncv.data.batchify import FasterRCNNTrainBatchify
+    transform = train_transform(net)
+    batch = FasterRCNNTrainBatchify(net, 1)([transform(*dataset[i]) for i in range(n)])
+    return _shards(batch, [mx.cpu()])[0]
+
+
 def _stop(executor):
     """End a GluonCV ``Parallel``'s worker threads (they are not daemons)."""
     from gluoncv.utils.parallel import Parallel
@@ -542,10 +558,7 @@ def main(argv=None):
     init_net(net, ctx)
 
     from gluoncv.data.batchify import FasterRCNNTrainBatchify
-    from gluoncv.data.transforms.presets.rcnn import FasterRCNNDefaultTrainTransform
-    multi_stage = getattr(net, "num_stages", 1) > 1
-    transform = FasterRCNNDefaultTrainTransform(net.short, net.max_size, net, ashape=net.ashape,
-                                                multi_stage=multi_stage)
+    transform = train_transform(net)
     if hvd is not None:
         train_set = train_set.shard(hvd.size(), hvd.rank())
     batch_size = args.batch_size * len(ctx)
