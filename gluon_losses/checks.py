@@ -1,14 +1,12 @@
-"""Input checks shared by every loss in the package.
+"""Input checks shared by every loss in the package; each raises ``ValueError``
+naming the argument and the value.
 
 Two kinds live here:
 
-* construction-time checks on Python arguments (``check_*``), which raise
-  ``ValueError`` naming the argument and the value;
-* run-time checks on arrays. In imperative mode labels can be read back and a bad
-  one raises (:func:`check_labels`); inside a hybridized graph nothing can raise, so
-  a bad label turns the loss NaN instead (:func:`poison_invalid` for CenterLoss; the
-  softmax loss gets the same effect from a NaN-guarded weight lookup), which the
-  first logged loss value shows.
+* construction-time checks on Python arguments (``check_*``, ``as_weight_vector``);
+* imperative-mode checks on arrays (:func:`check_shape`, :func:`check_labels`).
+  Inside a hybridized graph nothing can raise, so a bad label turns the loss NaN
+  instead; the graph operations that do that live in :mod:`gluon_losses.graph_ops`.
 """
 import math
 import numbers
@@ -100,40 +98,3 @@ def check_labels(label, num_classes, ignore_label, name="label"):
         ignored = "" if ignore_label is None else " and is not ignore_label=%d" % ignore_label
         raise ValueError("%s contains %r, which is outside [0, %d)%s"
                          % (name, bad.flat[0].item(), num_classes, ignored))
-
-
-def detached_label(F, label):
-    """``label`` cut from autograd.
-
-    Labels often come out of a recorded graph (GluonCV's target generator), and the
-    ops that read them as indices (pick, take, Embedding) refuse to be asked for an
-    index gradient ("wrong req", "Embedding layer doesn't support calculate data
-    gradient"). Labels never need one.
-    """
-    return F.BlockGrad(label)
-
-
-def poison_invalid(F, loss, invalid):
-    """``loss`` plus NaN wherever ``invalid`` (a mask, or a count that broadcasts) is positive.
-
-    This is the graph-mode stand-in for raising: sqrt of a negative number is NaN and
-    sqrt(0) is 0, so one cheap op marks the loss without a branch. BlockGrad keeps
-    the infinite derivative of sqrt at 0 out of the backward pass.
-    """
-    return F.broadcast_add(loss, F.BlockGrad(F.sqrt(-invalid)))
-
-
-def apply_scalar_weight(loss, weight):
-    """Multiply by the loss's global ``weight`` unless it is 1 (saves a graph node)."""
-    return loss if weight == 1.0 else loss * weight
-
-
-def ensure_on_context(param, ctx):
-    """Copy a non-trainable parameter onto ``ctx`` the first time an input arrives there.
-
-    Losses are used without ``initialize()``, on whatever context the data is on, so
-    their constant parameters follow the data instead of failing on an unseen context.
-    """
-    contexts = param.list_ctx()
-    if ctx not in contexts:
-        param.reset_ctx(contexts + [ctx])

@@ -9,9 +9,9 @@ import numpy as np
 import mxnet as mx
 from mxnet.gluon.loss import Loss
 
-from .checks import (apply_scalar_weight, as_weight_vector, check_choice, check_float,
-                     check_ignore_label, check_labels, check_shape, detached_label,
-                     ensure_on_context)
+from .checks import (as_weight_vector, check_choice, check_float, check_ignore_label,
+                     check_labels, check_shape)
+from .graph_ops import apply_scalar_weight, detached_label, ensure_on_context
 
 __all__ = ["WeightedSoftmaxCELoss", "weighted_softmax_ce", "NORMALIZATIONS"]
 
