@@ -13,7 +13,7 @@ $(STAMP): setup.cfg pyproject.toml
 	touch $(STAMP)
 
 demo: $(STAMP)
-	$(BIN)/python -m train.train_center --out runs/demo
+	$(BIN)/python -m examples.center_loss --out runs/demo
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -q tests; rc=$$?; if [ $$rc -eq 5 ]; then echo "no tests collected"; exit 0; fi; exit $$rc
@@ -25,7 +25,7 @@ bench: $(STAMP)
 	$(BIN)/python -m bench.bench_faster_rcnn_step
 
 detect: $(STAMP)
-	$(BIN)/python -m train.train_faster_rcnn --out runs/detect
+	$(BIN)/python -m examples.faster_rcnn --out runs/detect
 
 clean:
 	rm -rf $(VENV) runs build *.egg-info

@@ -4,7 +4,7 @@
 
 One process, one network, one fixed batch from the generated shapes set. The two
 RCNN classification losses alternate step by step (ABBA order, so drift in machine
-load hits both alike), each step being exactly what train/train_faster_rcnn.py runs:
+load hits both alike), each step being exactly what examples/faster_rcnn runs:
 forward, the four losses, backward, ``trainer.step``, then a wait for the results.
 It prints median step times and their ratio, and separately times the two RCNN
 classification losses alone (forward + backward on the model's ``cls_pred`` /
@@ -25,7 +25,7 @@ import mxnet as mx
 from mxnet import autograd, gluon
 
 from bench.timing import interleave, timed
-from train import train_faster_rcnn as T
+from examples.faster_rcnn import train as T
 
 
 def _interleave_pair(fns, iters, warmup):

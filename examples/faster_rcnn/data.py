@@ -24,7 +24,7 @@ import numpy as np
 import mxnet as mx
 from mxnet import gluon
 
-from train.common import atomic_write
+from examples.common import atomic_write
 
 CLASSES = ("circle", "square", "triangle", "star")
 DEFAULT_FREQUENCIES = (50, 25, 10, 2)

@@ -1,4 +1,4 @@
-"""Smoke tests of train/train_center.py: outputs, resume, devices, imbalance, data errors."""
+"""Smoke tests of examples/center_loss: outputs, resume, devices, imbalance, data errors."""
 import json
 import math
 import os
@@ -9,11 +9,11 @@ import numpy as np
 import mxnet as mx
 import pytest
 
-from train import center_data
-from train.train_center import main
+from examples.center_loss import data as center_data
+from examples.center_loss.train import main
 from loopback_cluster import run_dist_sync, skip_unless_dist
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 # A small network and a few batches keep each run to a few seconds.
 TINY = ["--channels", "4,8,8", "--convs-per-stage", "1", "--batch-size", "32", "--quiet"]
 OUTPUTS = ["args.json", "metrics.json", "train.log", "features_softmax.png",
@@ -144,9 +144,8 @@ def test_mnist_reads_local_files_through_gluon_without_download(tmp_path, monkey
     assert metrics["train_counts"] == [4] * 10
 
 
-@pytest.mark.parametrize("entry", [["train/train_center.py"], ["-m", "train.train_center"]])
-def test_runs_as_script_and_as_module(entry):
-    out = subprocess.run([sys.executable] + entry + ["--help"], cwd=ROOT, capture_output=True,
+def test_runs_as_module():
+    out = subprocess.run([sys.executable, "-m", "examples.center_loss", "--help"], cwd=ROOT, capture_output=True,
                          text=True, timeout=120)
     assert out.returncode == 0, out.stderr
     for flag in ("--lambda", "--alpha", "--resume", "--imbalance", "--kvstore", "--gpus",
@@ -157,7 +156,7 @@ def test_runs_as_script_and_as_module(entry):
 def test_network_gradients_hybridized_match_imperative_and_finite_differences():
     from mxnet import autograd
     import gluon_losses
-    from train.train_center import LeNetsPP
+    from examples.center_loss.train import LeNetsPP
     (x, y), _ = center_data.load_digits(16)
     x, y = mx.nd.array(x[:32]), mx.nd.array(y[:32].astype(np.float32))
     grads = []
@@ -194,7 +193,7 @@ def test_dist_sync_two_workers_agree_and_equal_one_process(tmp_path):
     """Loopback dist_sync: each worker trains on its half of every batch."""
     args = ["--out", str(tmp_path / "dist"), "--kvstore", "dist_sync", "--epochs", "1",
             "--max-batches", "3"] + TINY
-    run_dist_sync(["-m", "train.train_center"] + args, cwd=ROOT)
+    run_dist_sync(["-m", "examples.center_loss"] + args, cwd=ROOT)
     run(tmp_path / "single", "--epochs", "1", "--max-batches", "3")
     rank0, rank1 = params_of(tmp_path / "dist"), params_of(tmp_path / "dist" / "worker-1")
     single = params_of(tmp_path / "single")

@@ -1,6 +1,6 @@
-"""Run an exported Faster R-CNN (from train/train_faster_rcnn.py) on an image and draw boxes.
+"""Run an exported Faster R-CNN (from examples/faster_rcnn) on an image and draw boxes.
 
-    python -m train.infer_faster_rcnn runs/detect/export/faster_rcnn IMAGE.png --out boxes.png
+    python -m examples.faster_rcnn.infer runs/detect/export/faster_rcnn IMAGE.png --out boxes.png
 
 ``PREFIX`` is the export prefix: ``PREFIX-symbol.json``, ``PREFIX-0000.params`` and
 ``PREFIX-meta.json`` (classes, input size, normalization) must exist. Only MXNet and

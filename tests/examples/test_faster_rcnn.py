@@ -1,4 +1,4 @@
-"""train/train_faster_rcnn.py: smoke run, checkpoint/export round trip, and that the
+"""examples/faster_rcnn: smoke run, checkpoint/export round trip, and that the
 weighted RCNN classification loss sees exactly GluonCV's cls_pred / cls_targets."""
 import json
 import os
@@ -8,8 +8,8 @@ import pytest
 import mxnet as mx
 from mxnet import autograd, gluon
 
-from train import train_faster_rcnn as T
-from train.shapes_detection import ShapesDetection
+from examples.faster_rcnn import train as T
+from examples.faster_rcnn.data import ShapesDetection
 
 
 class _Recorder(object):
@@ -135,7 +135,7 @@ def test_smoke_train_checkpoint_resume_export(tmp_path, shapes_root):
     for suffix in ("-symbol.json", "-0000.params", "-meta.json"):
         assert os.path.exists(prefix + suffix)
 
-    from train import infer_faster_rcnn as infer
+    from examples.faster_rcnn import infer
     net, meta = infer.load_detector(prefix)
     assert meta["classes"] == list(ShapesDetection.CLASSES)
     test_set = ShapesDetection("test", 4, 0, root=shapes_root)

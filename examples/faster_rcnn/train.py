@@ -8,7 +8,7 @@ losses and the RCNN box loss are GluonCV's, with GluonCV's normalization. With
 ``SoftmaxCrossEntropyLoss`` with GluonCV's mask-and-rescale arithmetic instead, so
 the two can be compared under one seed and schedule.
 
-Run ``python -m train.train_faster_rcnn --help`` for the flags; see
+Run ``python -m examples.faster_rcnn --help`` for the flags; see
 docs/faster_rcnn.md for a walk-through and measured results.
 """
 import argparse
@@ -18,15 +18,13 @@ import sys
 import time
 import warnings
 
-if __package__ in (None, ""):  # run as a script: make ``train`` and ``gluon_losses`` importable
-    sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import numpy as np
 import mxnet as mx
 from mxnet import autograd, gluon
 from mxnet.gluon import nn
 
-from train.common import (get_logger, load_checkpoint, parse_contexts, save_checkpoint,
+from examples.common import (get_logger, load_checkpoint, parse_contexts, save_checkpoint,
                           set_seed, write_json)
 
 # The quantities GluonCV's FasterRCNN returns in training mode, in order.
@@ -154,7 +152,7 @@ def build_datasets(args):
     """Return ``(train_dataset, test_dataset, classes)``; items are ``(image, label)``."""
     name = args.dataset[0]
     if name == "shapes":
-        from train.shapes_detection import ShapesDetection
+        from examples.faster_rcnn.data import ShapesDetection
         root = args.data_root or os.path.join("data", "shapes")
         freq = [float(f) for f in args.shapes_freq.split(",")]
         train = ShapesDetection("train", args.shapes_train, args.seed, freq, args.shapes_size, root)
@@ -663,12 +661,12 @@ def main(argv=None):
 
 def summarize(argv=None):
     """``summarize RUN_DIR... [--plot PNG]``: per-class AP / mAP table of finished runs."""
-    p = argparse.ArgumentParser(prog="python -m train.train_faster_rcnn summarize",
+    p = argparse.ArgumentParser(prog="python -m examples.faster_rcnn summarize",
                                 description="Markdown table of per-class AP and mAP of runs.")
     p.add_argument("runs", nargs="+", help="--out folders holding results.json")
     p.add_argument("--plot", default=None, help="also plot test mAP against epoch to this PNG")
     args = p.parse_args(argv)
-    from train.common import read_json
+    from examples.common import read_json
     results = [(run, read_json(os.path.join(run, "results.json"))) for run in args.runs]
     classes = results[0][1]["classes"]
     counts = results[0][1]["train_counts"]
@@ -722,9 +720,3 @@ def summarize(argv=None):
         print("plot: %s" % args.plot)
     return lines
 
-
-if __name__ == "__main__":
-    if len(sys.argv) > 1 and sys.argv[1] == "summarize":
-        summarize(sys.argv[2:])
-    else:
-        main()

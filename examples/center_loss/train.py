@@ -6,11 +6,11 @@ bias-free classifier) twice from the same initial weights: once with
 (Wen et al., ECCV 2016). Both see the same batches in the same order. The run folder
 gets feature scatter plots, loss curves, ``metrics.json`` and the parameters.
 
-    python -m train.train_center --out runs/demo            # digits, about 2 min on 2 CPU cores
-    python train/train_center.py --lambda 0.003 --alpha 0.5  # the paper's setting
-    python -m train.train_center --dataset mnist --data-dir ~/data/mnist
-    python -m train.train_center --resume runs/demo --epochs 40
-    python -m train.train_center --imbalance 10              # class weights switch on
+    python -m examples.center_loss --out runs/demo            # digits, about 2 min on 2 CPU cores
+    python -m examples.center_loss --lambda 0.003 --alpha 0.5  # the paper's setting
+    python -m examples.center_loss --dataset mnist --data-dir ~/data/mnist
+    python -m examples.center_loss --resume runs/demo --epochs 40
+    python -m examples.center_loss --imbalance 10              # class weights switch on
 
 See the README (section "Softmax vs softmax + center loss") for every flag and the results.
 """
@@ -20,8 +20,6 @@ import platform
 import sys
 import time
 
-if __package__ in (None, ""):            # run as ``python train/train_center.py``
-    sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import numpy as np
 import mxnet as mx
@@ -30,8 +28,8 @@ from mxnet.gluon import nn
 
 import gluon_losses
 from gluon_losses import class_weights as cw
-from train import center_data
-from train.common import (get_logger, load_checkpoint, parse_contexts, read_json,
+from examples.center_loss import data as center_data
+from examples.common import (get_logger, load_checkpoint, parse_contexts, read_json,
                           save_checkpoint, set_seed, write_json)
 
 MODELS = ("softmax", "center")           # softmax alone; softmax + center loss
@@ -369,7 +367,7 @@ def main(argv=None):
     saved_args = {k: getattr(args, k) for k in DEFAULTS if k not in ("resume",)}
     if rank == 0:
         write_json(os.path.join(out, "args.json"), saved_args)
-    command = "python -m train.train_center " + " ".join(sys.argv[1:] if argv is None else argv)
+    command = "python -m examples.center_loss " + " ".join(sys.argv[1:] if argv is None else argv)
     log.info("%s", command)
     log.info("args: %s", " ".join("%s=%s" % kv for kv in sorted(saved_args.items())))
 
@@ -585,9 +583,3 @@ def main(argv=None):
              train_seconds, metrics["wall_seconds_this_process"], out_private)
     return metrics
 
-
-if __name__ == "__main__":
-    try:
-        main()
-    except center_data.DataError as err:
-        raise SystemExit("error: %s" % err)
