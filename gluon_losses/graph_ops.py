@@ -31,13 +31,3 @@ def apply_scalar_weight(loss, weight):
     """Multiply by the loss's global ``weight`` unless it is 1 (saves a graph node)."""
     return loss if weight == 1.0 else loss * weight
 
-
-def ensure_on_context(param, ctx):
-    """Copy a non-trainable parameter onto ``ctx`` the first time an input arrives there.
-
-    Losses are used without ``initialize()``, on whatever context the data is on, so
-    their constant parameters follow the data instead of failing on an unseen context.
-    """
-    contexts = param.list_ctx()
-    if ctx not in contexts:
-        param.reset_ctx(contexts + [ctx])
