@@ -203,7 +203,8 @@ def for_detection(dataset, method="effective", beta=0.99, background_weight=1.0,
     .. math:: w = (w_\text{background},\ w_0,\ \dots,\ w_{K-1})
 
     with :math:`w_c` from ``method`` applied to the number of ground-truth boxes of
-    each of the :math:`K` foreground classes: ``'effective'`` (:func:`effective_number`
+    each of the :math:`K` foreground classes (every box of the labels, VOC's
+    ``difficult`` ones included, as GluonCV's target generator sees them): ``'effective'`` (:func:`effective_number`
     with ``beta``), ``'inverse'`` (:func:`inverse_frequency`), ``'median'``
     (:func:`median_frequency`) or ``'none'`` (all ones). Pass it as
     ``WeightedSoftmaxCELoss(class_weight=...)`` for ``cls_pred`` of shape

@@ -238,7 +238,8 @@ class WeightedSoftmaxCELoss(SerializedFirstCall, Loss):
         ``pred`` already holds log-probabilities.
     ignore_label : int or None, default -1
         Label value whose positions get zero loss and zero gradient (-1 for
-        GluonCV's unsampled proposals, 255 in segmentation). None ignores nothing.
+        GluonCV's unsampled proposals and for GluonCV's segmentation masks, which
+        turn the files' 255 into -1). None ignores nothing.
     normalization : {'valid', 'batch', 'weight', 'null', 'none'}, default 'valid'
         The divisor :math:`Z`, see the table above.
     label_smoothing : float in [0, 1), default 0
