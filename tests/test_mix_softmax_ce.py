@@ -168,3 +168,13 @@ def test_bad_calls_name_the_problem():
                                          r"is not ignore_label=255"):
         MixWeightedSoftmaxCELoss(ignore_label=255)(mx.nd.array(pred), mx.nd.array(aux_pred),
                                                    mx.nd.array(label))
+
+
+def test_ignore_label_255_on_gluoncv_masks_is_nan_when_hybridized():
+    pred, aux_pred, label = _segmentation_batch()
+    loss = MixWeightedSoftmaxCELoss(ignore_label=255)
+    loss.hybridize()
+    out = loss(mx.nd.array(pred), mx.nd.array(aux_pred), mx.nd.array(label)).asnumpy()
+    assert np.isnan(out).all()
+    # and the right setting on the same labels is finite
+    assert np.isfinite(_run(MixWeightedSoftmaxCELoss(), pred, aux_pred, label)[0]).all()
