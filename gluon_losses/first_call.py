@@ -11,8 +11,9 @@ context), so they take a lock; later calls do not touch it.
 """
 import threading
 
-# Reentrant: a build may run a child block's first call from inside its own.
-_SETUP_LOCK = threading.RLock()
+# Held for a graph build and for copying a parameter to a new context (graph_ops.
+# ensure_on_context). Reentrant: a build may run a child block's first call.
+SETUP_LOCK = threading.RLock()
 
 
 class SerializedFirstCall:
@@ -23,23 +24,10 @@ class SerializedFirstCall:
 
     def _call_cached_op(self, *args):
         if self._cached_op is None:
-            with _SETUP_LOCK:
+            with SETUP_LOCK:
                 # HybridBlock assigns _cached_op last, once everything it needs is set,
                 # so a thread that sees it set outside the lock sees a finished build.
                 if self._cached_op is None:
                     self._build_cache(*args)
         return super()._call_cached_op(*args)
 
-
-def ensure_on_context(param, ctx):
-    """Copy an initialized, non-trainable parameter onto ``ctx`` the first time it is needed.
-
-    Losses are used without ``initialize()``, on whatever context the data is on, so
-    their constant parameters follow the data instead of failing on an unseen context.
-    Contexts are appended, so the indices that other threads read stay valid.
-    """
-    if ctx not in param.list_ctx():
-        with _SETUP_LOCK:
-            contexts = param.list_ctx()
-            if ctx not in contexts:
-                param.reset_ctx(contexts + [ctx])

@@ -4,6 +4,7 @@ Inside a hybridized graph nothing can raise, so a bad label turns the loss NaN
 (:func:`poison_invalid` for CenterLoss; the softmax loss gets the same effect from a
 NaN-guarded weight lookup), which the first logged loss value shows.
 """
+from .first_call import SETUP_LOCK
 
 
 def detached_label(F, label):
@@ -31,3 +32,17 @@ def apply_scalar_weight(loss, weight):
     """Multiply by the loss's global ``weight`` unless it is 1 (saves a graph node)."""
     return loss if weight == 1.0 else loss * weight
 
+
+def ensure_on_context(param, ctx):
+    """Copy a non-trainable parameter onto ``ctx`` the first time an input arrives there.
+
+    Losses are used without ``initialize()``, on whatever context the data is on, so
+    their constant parameters follow the data instead of failing on an unseen context.
+    """
+    if ctx not in param.list_ctx():
+        # Threads that reach new contexts together would each re-create the list and
+        # drop the others' context; contexts are appended, so readers' indices hold.
+        with SETUP_LOCK:
+            contexts = param.list_ctx()
+            if ctx not in contexts:
+                param.reset_ctx(contexts + [ctx])

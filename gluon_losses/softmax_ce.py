@@ -11,8 +11,8 @@ from mxnet.gluon.loss import Loss
 
 from .checks import (as_weight_vector, check_choice, check_float, check_ignore_label,
                      check_labels, check_shape)
-from .first_call import SerializedFirstCall, ensure_on_context
-from .graph_ops import apply_scalar_weight, detached_label
+from .first_call import SerializedFirstCall
+from .graph_ops import apply_scalar_weight, detached_label, ensure_on_context
 
 __all__ = ["WeightedSoftmaxCELoss", "weighted_softmax_ce", "NORMALIZATIONS"]
 
