@@ -307,3 +307,24 @@ def test_for_segmentation_errors(tmp_path):
         cw.for_segmentation(dataset)
     np.testing.assert_allclose(cw.for_segmentation(dataset, num_class=31, method="inverse"),
                                cw.inverse_frequency(_counted_pixels(bad, 31)[0]), rtol=1e-6)
+
+
+def test_for_segmentation_follows_the_dataset_own_mask_convention(tmp_path, monkeypatch):
+    # ADE20K's files store class c as c + 1 and void as 0; its _mask_transform
+    # subtracts 1, so void arrives as -1 and is skipped.
+    from PIL import Image
+    from gluoncv.data import ADE20KSegmentation
+    base = tmp_path / "ADEChallengeData2016"
+    (base / "images" / "training").mkdir(parents=True)
+    (base / "annotations" / "training").mkdir(parents=True)
+    files = random_masks(3, num_class=150, seed=7)
+    for i, mask in enumerate(files):
+        stored = np.where(mask == 255, 0, mask + 1).astype(np.uint8)
+        Image.fromarray(stored).save(base / "annotations" / "training" / ("%d.png" % i))
+        Image.fromarray(np.zeros(mask.shape + (3,), np.uint8)).save(
+            base / "images" / "training" / ("%d.jpg" % i))
+    dataset = ADE20KSegmentation(root=str(tmp_path), split="train")
+    refuse_image_decoding(monkeypatch)
+    counts, image_pixels = _counted_pixels(files, 150)
+    np.testing.assert_allclose(cw.for_segmentation(dataset),
+                               cw.median_frequency(counts, image_pixels=image_pixels), rtol=1e-6)
