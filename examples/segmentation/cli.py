@@ -16,11 +16,10 @@ import os
 import sys
 import time
 
-import numpy as np
-
+from gluon_losses import class_weights
 from examples.common import get_logger, parse_contexts, read_json, set_seed, write_json
 from examples.segmentation import data, report
-from examples.segmentation.train import segmentation_class_weight, train_run
+from examples.segmentation.train import train_run
 
 WEIGHTINGS = ("none", "inverse", "median", "effective")
 DEFAULTS = dict(
@@ -146,9 +145,10 @@ def run_sweep(out, methods, seeds, data_dir=None, num_train=640, num_test=160, i
 
     runs = {}
     for method in methods:
-        weight = segmentation_class_weight(train_set, method, data.NUM_CLASS, beta)
-        log("class weights %s: %s" % (method, "none" if weight is None else
-                                      " ".join("%.4f" % w for w in weight)))
+        # from the mask files only, void skipped; 'median' counts per image
+        weight = class_weights.for_segmentation(train_set, method=method, beta=beta,
+                                                num_class=data.NUM_CLASS)
+        log("class weights %s: %s" % (method, " ".join("%.4f" % w for w in weight)))
         for seed in seeds:
             name = run_name(method, seed)
             run_dir = os.path.join(out, "runs", name)

@@ -18,8 +18,7 @@ import numpy as np
 import mxnet as mx
 from mxnet import autograd, gluon
 
-from gluon_losses import WeightedSoftmaxCELoss
-from gluon_losses import class_weights
+from gluon_losses import MixWeightedSoftmaxCELoss
 from examples.common import load_checkpoint, save_checkpoint, write_json
 from examples.segmentation import evaluate
 from examples.segmentation.model import build_fcn, initialize
@@ -28,49 +27,6 @@ CHECKPOINT_DIR = "checkpoints"
 # GluonCV's segmentation scripts normalise with the ImageNet statistics.
 MEAN = np.array([0.485, 0.456, 0.406], dtype=np.float32)
 STD = np.array([0.229, 0.224, 0.225], dtype=np.float32)
-
-
-def segmentation_class_weight(dataset, method, num_class, beta):
-    """Per-class weights from a GluonCV segmentation dataset's masks, or None for 'none'.
-
-    Reads the mask PNGs only (no image is decoded), turns void 255 into -1 as GluonCV's
-    mask transform does, and counts per image, so ``'median'`` is Eigen & Fergus's
-    per-image frequency.
-    """
-    from PIL import Image
-    if method == "none":
-        return None
-    counter = class_weights.ClassCounter(num_class, ignore_label=-1)
-    for path in dataset.masks:
-        mask = np.array(Image.open(path)).astype(np.int64)
-        mask[mask == 255] = -1
-        counter.update(mask[None], per_image=True)
-    if method == "median":
-        return class_weights.median_frequency(counter.counts, image_pixels=counter.image_pixels)
-    if method == "effective":
-        return class_weights.effective_number(counter.counts, beta=beta)
-    if method == "inverse":
-        return class_weights.inverse_frequency(counter.counts)
-    raise ValueError("method must be one of none, inverse, median, effective, got %r" % method)
-
-
-def build_criterion(class_weight, aux_weight, normalization):
-    """``criterion(main, aux, label)``: weighted CE on the main head + ``aux_weight`` x aux.
-
-    GluonCV's ``MixSoftmaxCrossEntropyLoss`` call pattern, with class weights and void -1.
-    """
-    loss = WeightedSoftmaxCELoss(class_weight=class_weight, axis=1, ignore_label=-1,
-                                 normalization=normalization)
-
-    def criterion(*outputs_and_label):
-        *outputs, label = outputs_and_label
-        total = loss(outputs[0], label)
-        for aux in outputs[1:]:
-            total = total + aux_weight * loss(aux, label)
-        return total
-
-    criterion.hybridize = loss.hybridize
-    return criterion
 
 
 def to_network_input(images):
@@ -105,7 +61,7 @@ def train_run(out, train_data, test_data, num_class, class_weight, seed=0, epoch
     num_class : int
         Classes, void excluded.
     class_weight : array of shape (C,) or None
-        Weights of the main and aux losses.
+        Weights of both heads' losses (``MixWeightedSoftmaxCELoss``).
     resume : bool
         Continue from ``out/checkpoints`` when it holds a checkpoint.
     display_indices : sequence of int
@@ -134,7 +90,9 @@ def train_run(out, train_data, test_data, num_class, class_weight, seed=0, epoch
     if optimizer in ("sgd", "nag"):
         opt_args["momentum"] = momentum
     trainer = gluon.Trainer(net.collect_params(), optimizer, opt_args, kvstore=kvstore)
-    criterion = build_criterion(class_weight, aux_weight, normalization)
+    criterion = MixWeightedSoftmaxCELoss(class_weight=class_weight, aux=True,
+                                         aux_weight=aux_weight, ignore_label=-1,
+                                         normalization=normalization)
     if hybridize:
         net.hybridize(static_alloc=True)
         criterion.hybridize(static_alloc=True)

@@ -9,7 +9,7 @@ from PIL import Image
 
 from examples.segmentation import data, evaluate, report
 from examples.segmentation.cli import run_sweep
-from examples.segmentation.train import segmentation_class_weight, train_run
+from examples.segmentation.train import train_run
 from gluon_losses import class_weights
 
 # A few seconds per run: 32x32 images, narrow stages, two short epochs.
@@ -82,14 +82,15 @@ def test_gluoncv_reader_maps_void_to_minus_one_and_weights_match_counts(voc_root
         image_pixels += np.where(present > 0, kept.size, 0)
     frequency = counts / image_pixels
     expected = np.median(frequency) / frequency
-    np.testing.assert_allclose(segmentation_class_weight(train, "median", data.NUM_CLASS, 0.9),
-                               expected, rtol=1e-6)
+    # the weights the sweep trains with: for_segmentation of the generated VOC folder
+    median = class_weights.for_segmentation(train, method="median", num_class=data.NUM_CLASS)
+    np.testing.assert_allclose(median, expected, rtol=1e-6)
+    beta = 0.99999
+    effective = 1 / ((1 - beta ** counts) / (1 - beta))
     np.testing.assert_allclose(
-        segmentation_class_weight(train, "effective", data.NUM_CLASS, 0.999),
-        class_weights.effective_number(counts, beta=0.999), rtol=1e-6)
-    assert segmentation_class_weight(train, "none", data.NUM_CLASS, 0.9) is None
-    with pytest.raises(ValueError, match="'balanced'"):
-        segmentation_class_weight(train, "balanced", data.NUM_CLASS, 0.9)
+        class_weights.for_segmentation(train, method="effective", beta=beta,
+                                       num_class=data.NUM_CLASS),
+        effective * data.NUM_CLASS / effective.sum(), rtol=1e-5)
 
 
 def test_confusion_matrix_and_iou_by_hand_and_against_gluoncv():
@@ -180,7 +181,7 @@ def test_sweep_writes_summary_table_and_plots(voc_root, tmp_path):
     assert stats["mean"] == pytest.approx(np.mean(values))
     assert stats["std"] == pytest.approx(np.std(values))
     assert stats["min"] == min(values) and stats["max"] == max(values)
-    assert summary["by_method"]["none"]["class_weight"] is None
+    assert summary["by_method"]["none"]["class_weight"] == [1.0] * data.NUM_CLASS
     table = open(os.path.join(out, "summary.md")).read()
     assert "| median | %.3f ± %.3f" % (stats["mean"], stats["std"]) in table
     # a resumed sweep keeps the finished runs as they are
