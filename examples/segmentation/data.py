@@ -36,21 +36,6 @@ SHAPES = {
 }
 
 
-def voc_palette():
-    """The Pascal VOC colour map as a flat list of 768 ints (index 255 is void)."""
-    palette = []
-    for index in range(256):
-        red = green = blue = 0
-        code = index
-        for bit in range(8):
-            red |= ((code >> 0) & 1) << (7 - bit)
-            green |= ((code >> 1) & 1) << (7 - bit)
-            blue |= ((code >> 2) & 1) << (7 - bit)
-            code >>= 3
-        palette += [red, green, blue]
-    return palette
-
-
 def _dilate(mask, width):
     """Binary dilation by a (2 width + 1)^2 square, without SciPy."""
     out = mask.copy()
@@ -116,6 +101,7 @@ def generate(root, num_train=320, num_test=160, size=64, seed=0, void_width=1):
     leaves a half-written set that a later run would take as complete.
     """
     from PIL import Image
+    from gluoncv.utils.viz import get_color_pallete
     spec = dict(num_train=num_train, num_test=num_test, size=size, seed=seed,
                 void_width=void_width, classes=list(CLASSES))
     manifest = os.path.join(root, "VOC2012", "manifest.json")
@@ -130,7 +116,6 @@ def generate(root, num_train=320, num_test=160, size=64, seed=0, void_width=1):
     try:
         for sub in ("JPEGImages", "SegmentationClass", os.path.join("ImageSets", "Segmentation")):
             os.makedirs(os.path.join(tmp, sub))
-        palette = voc_palette()
         ids = {}
         for split_index, (split, count) in enumerate((("train", num_train), ("test", num_test))):
             ids[split] = ["%s_%05d" % (split, i) for i in range(count)]
@@ -139,9 +124,8 @@ def generate(root, num_train=320, num_test=160, size=64, seed=0, void_width=1):
                                           size, void_width)
                 Image.fromarray(image).save(os.path.join(tmp, "JPEGImages", name + ".jpg"),
                                             quality=95)
-                png = Image.fromarray(mask, mode="P")
-                png.putpalette(palette)
-                png.save(os.path.join(tmp, "SegmentationClass", name + ".png"))
+                # a palette PNG with the VOC colour map, as VOC ships its masks
+                get_color_pallete(mask, "pascal_voc").save(os.path.join(tmp, "SegmentationClass", name + ".png"))
         lists = {"train.txt": ids["train"], "trainval.txt": ids["train"], "val.txt": ids["test"]}
         for fname, names in lists.items():
             with open(os.path.join(tmp, "ImageSets", "Segmentation", fname), "w") as handle:

@@ -92,9 +92,10 @@ def plot_curves(path, runs, methods, seeds, rare_class=-1):
 
 def colorize(mask):
     """RGB image of a label mask in the VOC colours; void (-1 or 255) in VOC's cream."""
-    from examples.segmentation.data import VOID, voc_palette
-    palette = np.asarray(voc_palette(), dtype=np.uint8).reshape(256, 3)
-    return palette[np.where(np.asarray(mask) < 0, VOID, mask).astype(np.int64)]
+    from gluoncv.utils.viz import get_color_pallete
+    # get_color_pallete writes 255 over the -1s of the array it is given: pass a copy
+    labels = np.array(mask, dtype=np.int32, ndmin=2)
+    return np.asarray(get_color_pallete(labels, "pascal_voc").convert("RGB"))
 
 
 def plot_masks(path, out, test_data, methods, seed, indices, class_names):
@@ -118,10 +119,10 @@ def plot_masks(path, out, test_data, methods, seed, indices, class_names):
             axes[row, col].set_yticks([])
             if row == 0:
                 axes[row, col].set_title(columns[col], fontsize=8)
-    palette = colorize(np.arange(len(class_names)))
+    palette = colorize(np.arange(len(class_names)))[0]
     handles = [plt.Rectangle((0, 0), 1, 1, color=palette[c] / 255.0, label=name)
                for c, name in enumerate(class_names)]
-    handles.append(plt.Rectangle((0, 0), 1, 1, color=colorize([-1])[0] / 255.0, label="void"))
+    handles.append(plt.Rectangle((0, 0), 1, 1, color=colorize([-1])[0, 0] / 255.0, label="void"))
     fig.legend(handles=handles, loc="lower center", ncol=len(handles), fontsize=8,
                frameon=False)
     fig.tight_layout(rect=(0, 0.06, 1, 1))
