@@ -124,11 +124,12 @@ def small_split(voc_root):
             data.load_arrays(data.voc_dataset(voc_root, "test")))
 
 
-def test_train_run_writes_results_checkpoints_and_predictions(voc_root, tmp_path):
+def test_train_run_writes_results_checkpoints_and_predictions(voc_root, tmp_path, capfd):
     train, test = small_split(voc_root)
     weight = np.array([0.2, 1, 1, 2, 5], dtype=np.float32)
     results = train_run(str(tmp_path), train, test, data.NUM_CLASS, weight, seed=1,
-                        display_indices=[0, 3], **TINY)
+                        display_indices=[0, 3], **dict(TINY, quiet=False))
+    assert "epoch 2/2" in capfd.readouterr().err            # the tqdm bar
     saved = json.loads((tmp_path / "results.json").read_text())
     assert saved["final"]["miou"] == results["final"]["miou"]
     assert [h["epoch"] for h in saved["history"]] == [1, 2]
@@ -145,15 +146,17 @@ def test_train_run_writes_results_checkpoints_and_predictions(voc_root, tmp_path
     assert predictions["indices"].tolist() == [0, 3]
 
 
-def test_resume_ends_bitwise_equal_to_an_uninterrupted_run(voc_root, tmp_path):
+def test_resume_ends_bitwise_equal_to_an_uninterrupted_run(voc_root, tmp_path, capfd):
     train, test = small_split(voc_root)
     weight = np.array([0.2, 1, 1, 2, 5], dtype=np.float32)
     straight = train_run(str(tmp_path / "straight"), train, test, data.NUM_CLASS, weight,
                          seed=2, **TINY)
     cut = dict(TINY, epochs=1)
     train_run(str(tmp_path / "cut"), train, test, data.NUM_CLASS, weight, seed=2, **cut)
+    capfd.readouterr()
     resumed = train_run(str(tmp_path / "cut"), train, test, data.NUM_CLASS, weight, seed=2,
                         resume=True, **TINY)
+    assert "epoch" not in capfd.readouterr().err            # quiet: no bar
     a = mx.nd.load(str(tmp_path / "straight" / "checkpoints" / "net-0002.params"))
     b = mx.nd.load(str(tmp_path / "cut" / "checkpoints" / "net-0002.params"))
     assert sorted(a) == sorted(b)
