@@ -125,7 +125,8 @@ def generate(root, num_train=320, num_test=160, size=64, seed=0, void_width=1):
                 Image.fromarray(image).save(os.path.join(tmp, "JPEGImages", name + ".jpg"),
                                             quality=95)
                 # a palette PNG with the VOC colour map, as VOC ships its masks
-                get_color_pallete(mask, "pascal_voc").save(os.path.join(tmp, "SegmentationClass", name + ".png"))
+                get_color_pallete(mask, "pascal_voc").save(
+                    os.path.join(tmp, "SegmentationClass", name + ".png"))
         lists = {"train.txt": ids["train"], "trainval.txt": ids["train"], "val.txt": ids["test"]}
         for fname, names in lists.items():
             with open(os.path.join(tmp, "ImageSets", "Segmentation", fname), "w") as handle:

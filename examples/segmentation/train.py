@@ -45,9 +45,9 @@ def _epoch_seed(seed, epoch):
     return seed * 1000003 + epoch
 
 
-def train_run(out, train_data, test_data, num_class, class_weight, seed=0, epochs=10, batch_size=16,
-              optimizer="sgd", lr=0.05, momentum=0.9, wd=1e-4, lr_decay=0.1,
-              lr_decay_epochs=(), aux_weight=0.2, normalization="valid",
+def train_run(out, train_data, test_data, num_class, class_weight, seed=0, epochs=10,
+              batch_size=16, optimizer="sgd", lr=0.05, momentum=0.9, wd=1e-4, lr_decay=0.1,
+              lr_decay_epochs=(), aux_weight=0.2, normalization="weight",
               widths=(16, 32, 64, 96), ctx=(mx.cpu(),), kvstore="device", hybridize=True,
               max_iters=0, resume=False, quiet=False, log=None, display_indices=()):
     """Train one FCN and evaluate it on the test split after every epoch.
@@ -66,6 +66,10 @@ def train_run(out, train_data, test_data, num_class, class_weight, seed=0, epoch
         Continue from ``out/checkpoints`` when it holds a checkpoint.
     display_indices : sequence of int
         Test images whose predicted masks are kept in ``predictions.npz``.
+    seed, epochs, batch_size, optimizer, lr, momentum, wd, lr_decay, lr_decay_epochs,
+    aux_weight, normalization, widths, ctx, kvstore, hybridize, max_iters, quiet
+        As the command-line flags of the same names (``cli.py``); ``ctx`` is a list of
+        contexts, each batch split over them.
 
     Returns
     -------
