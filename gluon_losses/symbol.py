@@ -1,0 +1,427 @@
+r"""The package's losses for ``mx.sym`` graphs trained with ``mx.mod.Module``.
+
+* :func:`weighted_softmax_output`: a class-weighted drop-in for
+  ``mx.sym.SoftmaxOutput``: it returns the probabilities and back-propagates the
+  weighted cross-entropy gradient, whatever the head gradient.
+* :class:`WeightedCrossEntropy`: an ``mx.metric`` that logs the weighted loss value
+  from those probabilities.
+* :func:`center_loss` and :func:`with_center_update`: the center loss as a loss
+  layer, and an optimizer that moves its centers by Eq. 4 of Wen et al. (ECCV 2016)
+  under any kvstore.
+
+Class weights are constants of the graph: their values sit in the attributes of one
+operator node, so they are saved in the symbol JSON and nothing that sets or trains
+parameters can reach them.
+"""
+import copy
+
+import numpy as np
+import mxnet as mx
+
+from .center import center_loss as _center_loss_graph
+from .center_update import eq4_rows
+from .checks import as_weight_vector, check_choice, check_float, check_ignore_label, check_int
+from .softmax_ce import weighted_softmax_ce
+
+__all__ = ["weighted_softmax_output", "WeightedCrossEntropy", "center_loss",
+           "with_center_update", "center_state_name", "apply_center_state_update",
+           "graph_constant", "CENTER_STATE_SUFFIX"]
+
+SOFTMAX_OUTPUT_NORMALIZATIONS = ("valid", "batch", "null")
+# Every center-loss state variable's name ends with this; with_center_update's optimizer
+# recognizes the states by it.
+CENTER_STATE_SUFFIX = "center_state"
+
+
+def graph_constant(values, name=None):
+    """A ``(C,)`` float32 symbol whose values are stored in the graph itself.
+
+    The values are the ``sizes`` attribute of one ``MultiBoxPrior`` node on a 1x1
+    grid: with ratio 1 and offset 0 its anchors are ``(-s/2, -s/2, s/2, s/2)``, and
+    twice the third column is ``s`` exactly (halving and doubling are exact in binary
+    floating point). The attribute keeps every float32 value exactly through
+    ``tojson``/``load_json``, so a saved checkpoint restores the same constants, and
+    the node has no variable input for ``init_params``, ``set_params`` or an
+    optimizer to change. Cost: one node of C anchors per forward pass (measured,
+    C=1000: well under 0.1 ms on CPU); the JSON grows by about 20 bytes per value.
+    """
+    values = np.asarray(values, dtype=np.float32)
+    sizes = tuple(float(v) for v in values)  # float32 -> exact Python floats
+    anchors = mx.sym.contrib.MultiBoxPrior(
+        mx.sym.zeros((1, 1, 1, 1)), sizes=sizes, ratios=(1.0,), offsets=(0.0, 0.0),
+        steps=(1.0, 1.0), name=None if name is None else name + "_anchors")
+    half = mx.sym.slice_axis(anchors, axis=2, begin=2, end=3)
+    return mx.sym.BlockGrad(mx.sym.reshape(half, shape=(-1,)) * 2.0, name=name)
+
+
+def weighted_softmax_output(data, label, class_weight=None, ignore_label=-1, use_ignore=True,
+                            normalization="valid", multi_output=False, grad_scale=1.0,
+                            name=None):
+    r"""Class-weighted drop-in for ``mx.sym.SoftmaxOutput``.
+
+    Forward returns :math:`p = \mathrm{softmax}(z)` along axis 1, shaped like
+    ``data``, as ``SoftmaxOutput`` does, so ``mx.metric.Accuracy``, metrics reading
+    ``preds[0]`` and ``mod.predict`` work unchanged. Backward ignores the head gradient
+    and gives the gradient of the weighted cross-entropy,
+
+    .. math::
+
+        \frac{\partial L}{\partial z_i} = \frac{s}{Z}\, w_{y_i}\,
+            \big(p_i - \mathrm{onehot}(y_i)\big), \qquad 0 \text{ where } y_i = \text{ignore\_label},
+
+    with :math:`s` = ``grad_scale``, :math:`w` = ``class_weight`` (ones when None)
+    and :math:`Z` exactly as ``SoftmaxOutput`` divides:
+
+    ============== ============================== =====================================
+    normalization  ``multi_output=False``          ``multi_output=True``
+    ============== ============================== =====================================
+    valid          max(1, #non-ignored labels)     max(1, #non-ignored labels)
+    batch          N                               B x positions per sample
+    null           1                               positions per sample
+    ============== ============================== =====================================
+
+    With unit weights this is ``SoftmaxOutput``'s gradient (within float32 rounding).
+    A label outside ``[0, C)`` that is not ignored turns the whole output NaN. The
+    loss value itself is not an output; log it with :class:`WeightedCrossEntropy`.
+
+    Defaults differ from ``SoftmaxOutput``'s (``use_ignore=False``,
+    ``normalization='null'``): pass them explicitly when replacing a call that
+    relied on those.
+
+    Parameters
+    ----------
+    data : Symbol
+        Scores: ``(N, C)``, or with ``multi_output=True`` ``(B, C, d1, ...)``.
+    label : Symbol
+        Class ids: ``(N,)``, or ``(B, d1, ...)`` (also accepted flattened,
+        ``(B, d1 * ...)``).
+    class_weight : list or ndarray of C non-negative floats, or None
+        :math:`w`, stored in the graph as a constant (see :func:`graph_constant`).
+        A length other than C fails when the graph is bound, naming the node
+        ``<name>_class_weight_check``.
+    ignore_label : int, default -1
+        Label whose positions get no gradient when ``use_ignore`` is True.
+    use_ignore : bool, default True
+        False: no label is ignored, so ``ignore_label`` is out of range (NaN).
+    normalization : {'valid', 'batch', 'null'}, default 'valid'
+        :math:`Z`, see the table.
+    multi_output : bool, default False
+        One softmax per position of axes 2, 3, ... (detection heads, segmentation).
+    grad_scale : float, default 1
+        :math:`s`.
+    name : str or None
+        Name of the output node (its output is ``<name>_output``).
+
+    Returns
+    -------
+    Symbol
+        The probabilities, ``data``'s shape.
+    """
+    normalization = check_choice("normalization", normalization, SOFTMAX_OUTPUT_NORMALIZATIONS)
+    grad_scale = check_float("grad_scale", grad_scale)
+    ignore = check_ignore_label(ignore_label) if use_ignore else None
+    weights = None
+    if class_weight is not None:
+        weights = graph_constant(as_weight_vector("class_weight", class_weight),
+                                 name=None if name is None else name + "_class_weight")
+        # Same shape as the class axis or no bind: the check is 2 tiny nodes.
+        weights = mx.sym.elemwise_add(
+            weights, mx.sym.contrib.arange_like(data, axis=1) * 0.0,
+            name=None if name is None else name + "_class_weight_check")
+    if multi_output:
+        # (B, C, d1, ...) as (B, C, P): one label position per column, either label layout.
+        scores, labels, ndim = (mx.sym.reshape(data, shape=(0, 0, -1)),
+                                mx.sym.reshape(label, shape=(0, -1)), 3)
+    else:
+        scores, labels, ndim = data, label, 2
+    # The functional core's (batch,) vector has mean sum_i l_i / Z_core, and its sum
+    # for Z_core = B x P is sum_i l_i / P: SoftmaxOutput's multi_output 'null'.
+    # (MakeLoss's own normalization='batch' does not divide a 1-D loss by B.)
+    per_position_null = multi_output and normalization == "null"
+    core_normalization = "batch" if per_position_null else normalization
+    per_sample = weighted_softmax_ce(mx.sym, scores, labels, class_weight=weights, axis=1,
+                                     ignore_label=ignore, normalization=core_normalization,
+                                     ndim=ndim)
+    total = mx.sym.sum(per_sample) if per_position_null else mx.sym.mean(per_sample)
+    gradient_source = mx.sym.MakeLoss(total, grad_scale=grad_scale, normalization="null")
+    # MakeLoss ignores its head gradient, so the term below contributes 0 to the value
+    # (NaN when a label is bad) and nothing but the loss gradient to the backward pass.
+    probabilities = mx.sym.BlockGrad(mx.sym.softmax(data, axis=1))
+    return mx.sym.broadcast_add(probabilities, gradient_source * 0.0, name=name)
+
+
+class WeightedCrossEntropy(mx.metric.EvalMetric):
+    r"""Metric: the class-weighted cross-entropy of predicted probabilities.
+
+    .. math:: \frac{\sum_i w_{y_i} \big(-\log(p_{i,y_i} + \epsilon)\big)}{\#\{i: y_i \ne \text{ignore}\}}
+
+    summed over every batch since the last ``reset``, the ``'valid'``-normalized
+    value that :func:`weighted_softmax_output` trains (``Module`` metrics see the
+    probabilities, not the loss). Computed by the package's loss core on
+    :math:`\log(p + \epsilon)`, :math:`\epsilon` as in ``mx.metric.CrossEntropy``.
+
+    Parameters
+    ----------
+    class_weight : list, ndarray or None
+        :math:`w`, as given to :func:`weighted_softmax_output`.
+    ignore_label : int or None, default -1
+    eps : float, default 1e-12
+    name, output_names, label_names :
+        As for ``mx.metric.EvalMetric``.
+
+    Inputs (``update``)
+    -------------------
+    - **labels**: list of ``(N,)`` or ``(B, d1, ...)`` class ids.
+    - **preds**: list of probabilities ``(N, C)`` or ``(B, C, d1, ...)``; extra
+      predictions (e.g. a center-loss output) are skipped.
+    """
+
+    def __init__(self, class_weight=None, ignore_label=-1, eps=1e-12, name="weighted-ce",
+                 output_names=None, label_names=None):
+        super().__init__(name, output_names=output_names, label_names=label_names)
+        self._weights = None if class_weight is None else mx.nd.array(
+            as_weight_vector("class_weight", class_weight))
+        self._ignore_label = check_ignore_label(ignore_label)
+        self._eps = check_float("eps", eps, 0.0)
+
+    def update(self, labels, preds):
+        for label, pred in zip(labels, preds):
+            label = label.reshape(pred.shape[:1] + pred.shape[2:]).astype(np.float32)
+            weights = None if self._weights is None else self._weights.as_in_context(
+                pred.context)
+            losses = weighted_softmax_ce(mx.nd, mx.nd.log(pred + self._eps), label,
+                                         class_weight=weights, axis=1, from_logits=True,
+                                         ignore_label=self._ignore_label,
+                                         normalization="none")
+            values = label.asnumpy()
+            kept = values.size if self._ignore_label is None else int(
+                (values != self._ignore_label).sum())
+            total = float(losses.sum().asscalar())
+            self.sum_metric += total
+            self.global_sum_metric += total
+            self.num_inst += kept
+            self.global_num_inst += kept
+
+
+def center_state_name(name):
+    """The name of the state variable that :func:`center_loss` ``name=name`` creates."""
+    return name + "_state" if name.endswith("center") else "%s_%s" % (name, CENTER_STATE_SUFFIX)
+
+
+def center_loss(data, label, num_classes, feature_dim, alpha=0.5, weight=1.0, ignore_label=None,
+                name="center"):
+    r"""Center loss of Wen et al. (ECCV 2016) as a loss layer of a ``Module`` graph.
+
+    .. math::
+
+        L_i = \frac{\lambda}{2}\lVert x_i - c_{y_i}\rVert^2, \qquad
+        c_j \leftarrow c_j - \alpha\,\frac{\sum_{i: y_i=j}(c_j - x_i)}{1 + n_j}
+        \text{ (Eq. 4, by the optimizer of } :func:`with_center_update`\text{)}.
+
+    Group it with the classifier, e.g. ``mx.sym.Group([mx.sym.SoftmaxOutput(logits,
+    label), center_loss(features, label, 10, 2)])``. Its gradient into ``data`` is
+    :math:`\lambda (x_i - c_{y_i})` per sample, summed like ``SoftmaxOutput``'s with
+    ``normalization='null'``, so Module's ``rescale_grad = 1/batch_size`` averages
+    both terms alike.
+
+    The layer creates one variable, :func:`center_state_name` ``(name)``
+    (``'center_state'`` for the default name), of shape ``(K, D, 2)``: ``[..., 0]``
+    holds the centers (zeros at start) and ``[..., 1]`` the number of samples that
+    have updated each center, repeated along D. Its gradient carries
+    :math:`\alpha \sum_{i: y_i=j}(c_j - x_i)` in ``[..., 0]`` and :math:`n_j` in
+    ``[..., 1]``; being a gradient, the kvstore sums both over devices and workers, so
+    the one update that :func:`with_center_update` makes sees the whole batch. Every
+    element of the state updates from its own gradient and count, so it needs no
+    shape, which a parameter server's flat copy does not have. The variable carries
+    ``lr_mult=0``, ``wd_mult=0``: an optimizer without the center update leaves it
+    alone.
+
+    Parameters
+    ----------
+    data : Symbol
+        Features ``(B, D)``.
+    label : Symbol
+        ``(B,)`` class ids in ``[0, K)``, or ``ignore_label``. Others give NaN.
+    num_classes : int
+        K.
+    feature_dim : int
+        D.
+    alpha : float in (0, 1], default 0.5
+        Center learning rate of Eq. 4.
+    weight : float >= 0, default 1
+        :math:`\lambda`: scales the value and the feature gradient, not the centers.
+    ignore_label : int or None, default None
+        Samples with this label give zero loss and move no center.
+    name : str, default 'center'
+        Name of the output node; the state variable is named after it.
+
+    Returns
+    -------
+    Symbol
+        ``(B,)`` per-sample losses (a ``MakeLoss`` output).
+    """
+    num_classes = check_int("num_classes", num_classes, 1)
+    feature_dim = check_int("feature_dim", feature_dim, 1)
+    alpha = check_float("alpha", alpha, 0.0, 1.0, low_open=True)
+    weight = check_float("weight", weight, 0.0)
+    ignore_label = check_ignore_label(ignore_label)
+    state = mx.sym.var(center_state_name(name), shape=(num_classes, feature_dim, 2),
+                       init=mx.init.Zero(), lr_mult=0.0, wd_mult=0.0)
+    centers = mx.sym.reshape(mx.sym.slice_axis(state, axis=2, begin=0, end=1),
+                             shape=(num_classes, feature_dim))
+    if alpha != 1.0:
+        # Value c exactly (c - c is 0), gradient alpha x that of c: alpha travels in
+        # the gradient, and the update needs no per-loss setting.
+        fixed = mx.sym.BlockGrad(centers)
+        centers = fixed + (centers - fixed) * alpha
+    # The sum hands every one of the D copies of a count the same gradient n_j.
+    counts = mx.sym.sum(mx.sym.slice_axis(state, axis=2, begin=1, end=2), axis=1)
+    value = _center_loss_graph(mx.sym, data, label, centers, counts, num_classes, feature_dim,
+                               weight=weight, ignore_label=ignore_label, sparse_grad=False)
+    # 'null': a head gradient of 1 per sample, which Eq. 4's counts rely on.
+    return mx.sym.MakeLoss(value, normalization="null", name=name)
+
+
+_STATE_UPDATE_OPS = {}
+
+
+def _state_update_op(shape, dtype):
+    """(CachedOp, whether it takes the gradient first): Eq. 4 on (M, 2) pairs of
+    (center element, count), alpha-free."""
+    key = (shape, dtype)
+    entry = _STATE_UPDATE_OPS.get(key)
+    if entry is None:
+        pairs, steps = mx.sym.var("pairs"), mx.sym.var("steps")
+
+        def column(array, index):
+            return mx.sym.slice_axis(array, axis=1, begin=index, end=index + 1)
+
+        # alpha is already in the gradient (see center_loss).
+        new_values, new_counts = eq4_rows(mx.sym, column(pairs, 0), column(pairs, 1),
+                                          column(steps, 0), column(steps, 1), 1.0)
+        graph = mx.sym.concat(new_values, new_counts, dim=1)
+        op = mx.nd.CachedOp(graph, flags=[("static_alloc", True), ("static_shape", True)])
+        entry = _STATE_UPDATE_OPS[key] = (op, graph.list_inputs() == ["steps", "pairs"])
+    return entry
+
+
+def apply_center_state_update(state, grad):
+    """Eq. 4 in place on a :func:`center_loss` state, from its summed gradient.
+
+    ``state`` and ``grad`` share one shape: ``(K, D, 2)``, or any layout of the same
+    (value, count) pairs, such as the flat copy a parameter server holds. Elements
+    whose step is not finite keep their values (see ``center_update.eq4_rows``).
+    """
+    if grad.context != state.context:
+        # kvstore 'device' on CPU keeps its copy in pinned memory.
+        grad = grad.as_in_context(state.context)
+    pairs, steps = state.reshape((-1, 2)), grad.reshape((-1, 2))
+    op, steps_first = _state_update_op(pairs.shape, pairs.dtype)
+    op(*((steps, pairs) if steps_first else (pairs, steps)), out=[pairs])
+
+
+class _CenterUpdateMixin:
+    """Routes the center-loss states to Eq. 4 and everything else to the optimizer."""
+
+    def _is_center_state(self, index):
+        name = index if isinstance(index, str) else self.idx2name.get(index, "")
+        return name.endswith(CENTER_STATE_SUFFIX)
+
+    def create_state(self, index, weight):
+        return None if self._is_center_state(index) else super().create_state(index, weight)
+
+    def create_state_multi_precision(self, index, weight):
+        if self._is_center_state(index):
+            return None
+        return super().create_state_multi_precision(index, weight)
+
+    def update(self, index, weight, grad, state):
+        self._route(super().update, index, weight, grad, state)
+
+    def update_multi_precision(self, index, weight, grad, state):
+        self._route(super().update_multi_precision, index, weight, grad, state)
+
+    def _route(self, delegate, index, weight, grad, state):
+        if not isinstance(index, (list, tuple)):
+            if self._is_center_state(index):
+                apply_center_state_update(weight, grad)
+            else:
+                delegate(index, weight, grad, state)
+            return
+        # An aggregated call (lists): the center states leave the group.
+        rest = []
+        for item in zip(index, weight, grad, state):
+            if self._is_center_state(item[0]):
+                apply_center_state_update(item[1], item[2])
+            else:
+                rest.append(item)
+        if rest:
+            delegate(*(list(column) for column in zip(*rest)))
+
+    def __reduce__(self):
+        # The class is made at run time; pickle (a dist kvstore sends the optimizer to
+        # its servers) rebuilds it from the optimizer class it extends.
+        return _rebuild_center_update, (self._base_optimizer_class, self.__getstate__())
+
+
+_CENTER_UPDATE_CLASSES = {}
+
+
+def _center_update_class(base):
+    cls = _CENTER_UPDATE_CLASSES.get(base)
+    if cls is None:
+        cls = _CENTER_UPDATE_CLASSES[base] = type(
+            "CenterUpdate" + base.__name__, (_CenterUpdateMixin, base),
+            {"__module__": __name__, "_base_optimizer_class": base})
+    return cls
+
+
+def _rebuild_center_update(base, state):
+    optimizer = object.__new__(_center_update_class(base))
+    optimizer.__setstate__(state)
+    return optimizer
+
+
+def with_center_update(optimizer, **optimizer_params):
+    """An optimizer that applies Eq. 4 to every :func:`center_loss` state.
+
+    Parameters whose name ends with ``'center_state'`` move by Eq. 4 from their summed
+    gradient (see :func:`center_loss`); every other parameter is updated by
+    ``optimizer``, unchanged. Pass the result to ``mod.fit(optimizer=...)`` or
+    ``mod.init_optimizer(optimizer=...)``. It works with every kvstore Module offers
+    (none, ``'local'``, ``'device'``, ``'dist_sync'``) and either value of
+    ``update_on_kvstore``: the gradient of a state arrives summed over devices and
+    workers wherever the update runs, so all copies stay identical. The optimizer
+    pickles, as a ``dist_sync`` kvstore needs (servers must be able to import
+    ``gluon_losses``).
+
+    As for any optimizer instance given to Module, pass
+    ``rescale_grad=1.0 / batch_size`` (Module sets it only for optimizer names, and
+    warns otherwise); Eq. 4 does not use it.
+
+    Parameters
+    ----------
+    optimizer : str or mx.optimizer.Optimizer
+        An optimizer name (``'sgd'``, ``'adam'``, ...) or instance (copied, not changed).
+    **optimizer_params
+        Arguments of the named optimizer (``learning_rate``, ``momentum``,
+        ``rescale_grad``, ...); none with an instance.
+
+    Returns
+    -------
+    mx.optimizer.Optimizer
+        An instance of a subclass of the chosen optimizer's class.
+    """
+    if isinstance(optimizer, mx.optimizer.Optimizer):
+        if optimizer_params:
+            raise ValueError("optimizer_params must be empty when optimizer is an instance, "
+                             "got %s" % sorted(optimizer_params))
+        base = getattr(optimizer, "_base_optimizer_class", type(optimizer))
+        wrapped = copy.copy(optimizer)
+        wrapped.__class__ = _center_update_class(base)
+        return wrapped
+    registry = mx.optimizer.Optimizer.opt_registry
+    if not isinstance(optimizer, str) or optimizer.lower() not in registry:
+        raise ValueError("optimizer must be an mx.optimizer.Optimizer or one of %s, got %r"
+                         % (", ".join(sorted(registry)), optimizer))
+    return _center_update_class(registry[optimizer.lower()])(**optimizer_params)
