@@ -20,34 +20,90 @@ from .center import center_loss as _center_loss_graph
 from .center_optimizer import (CENTER_STATE_SUFFIX, apply_center_state_update,
                                center_state_name, with_center_update)
 from .checks import as_weight_vector, check_choice, check_float, check_ignore_label, check_int
+from .graph_ops import detached_label
 from .softmax_ce import weighted_softmax_ce
 
 __all__ = ["weighted_softmax_output", "WeightedCrossEntropy", "center_loss",
            "with_center_update", "center_state_name", "apply_center_state_update",
-           "graph_constant", "CENTER_STATE_SUFFIX"]
+           "graph_constant", "CENTER_STATE_SUFFIX", "CONSTANT_MAX"]
 
 SOFTMAX_OUTPUT_NORMALIZATIONS = ("valid", "batch", "null")
 
 
-def graph_constant(values, name=None):
-    """A ``(C,)`` float32 symbol whose values are stored in the graph itself.
+# graph_constant doubles each value inside the graph before halving it back: exact
+# for magnitudes up to this, and FLT_MAX doubled is how +inf is stored.
+CONSTANT_MAX = 2.0 ** 126
+_FLOAT32_MAX = float(np.finfo(np.float32).max)
 
-    The values are the ``sizes`` attribute of one ``MultiBoxPrior`` node on a 1x1
-    grid: with ratio 1 and offset 0 its anchors are ``(-s/2, -s/2, s/2, s/2)``, and
-    twice the third column is ``s`` exactly (halving and doubling are exact in binary
-    floating point). The attribute keeps every float32 value exactly through
+
+def graph_constant(values, name=None):
+    """A ``(L,)`` float32 symbol whose values are stored in the graph itself.
+
+    The values are the ``sizes`` attribute of one ``MultiBoxPrior`` node on a grid of
+    height 2 and width 1, with ratio 1, offset 0 and step 1: the anchor of size
+    :math:`s` at the first cell is centred on 0 with half-width :math:`s \cdot 2 / 1
+    / 2`, so its third column (x_max) is :math:`s`, exactly (doubling and halving are
+    exact in binary floating point). ``FLT_MAX`` doubled overflows, which stores
+    ``+inf``. The attribute keeps every float32 value exactly through
     ``tojson``/``load_json``, so a saved checkpoint restores the same constants, and
     the node has no variable input for ``init_params``, ``set_params`` or an
-    optimizer to change. Cost: one node of C anchors per forward pass (measured,
-    C=1000: well under 0.1 ms on CPU); the JSON grows by about 20 bytes per value.
+    optimizer to change. Cost: 4 nodes of L elements per forward pass, no backward;
+    the JSON grows by about 20 bytes per value.
+
+    Parameters
+    ----------
+    values : sequence of float
+        Finite values with magnitude at most ``CONSTANT_MAX`` (2**126), or ``+inf``.
+    name : str or None
+        Name of the last node (its output is ``<name>_output``).
     """
-    values = np.asarray(values, dtype=np.float32)
-    sizes = tuple(float(v) for v in values)  # float32 -> exact Python floats
+    array = np.asarray(values, dtype=np.float64).ravel()
+    bad = np.flatnonzero(np.isnan(array) | (array == -np.inf)
+                         | (np.isfinite(array) & (np.abs(array) > CONSTANT_MAX)))
+    if array.size == 0 or bad.size:
+        raise ValueError("values must be a non-empty sequence of finite numbers of magnitude "
+                         "<= 2**126 or +inf, got %r" % (array[bad[0]] if bad.size else values,))
+    # float32 -> exact Python floats, whose repr reads back as the same float32.
+    sizes = tuple(float(v) if np.isfinite(v) else _FLOAT32_MAX
+                  for v in array.astype(np.float32))
     anchors = mx.sym.contrib.MultiBoxPrior(
-        mx.sym.zeros((1, 1, 1, 1)), sizes=sizes, ratios=(1.0,), offsets=(0.0, 0.0),
+        mx.sym.zeros((1, 1, 2, 1)), sizes=sizes, ratios=(1.0,), offsets=(0.0, 0.0),
         steps=(1.0, 1.0), name=None if name is None else name + "_anchors")
-    half = mx.sym.slice_axis(anchors, axis=2, begin=2, end=3)
-    return mx.sym.BlockGrad(mx.sym.reshape(half, shape=(-1,)) * 2.0, name=name)
+    x_max = mx.sym.slice(anchors, begin=(0, 0, 2), end=(1, len(sizes), 3))
+    return mx.sym.reshape(x_max, shape=(-1,), name=name)
+
+
+def _position_weights(data, label, class_weight, ignore, name):
+    r"""Per-position :math:`w_{y_i}` (label's shape): ``+inf`` where a label is bad.
+
+    One lookup in a table laid out for ``label + 2``: ``[inf, e, w_0 .. w_{C-1}, inf]``
+    with ``e`` the entry of -1 (1 when -1 is ignored, else inf). ``take`` clips indices,
+    so labels below -1 or at or above C land on an inf end. Any other ignore label
+    (e.g. 255) is moved onto the ``e`` slot first; the weight of an ignored position
+    does not matter, as its gradient is 0. The weights pass a ``reshape_like`` against
+    the class axis of ``data``, so a wrong length fails at bind, naming
+    ``<name>_class_weight_check``.
+    """
+    ignored_entry = 1.0 if ignore is not None else np.inf
+    classes = mx.sym.contrib.arange_like(data, axis=1)
+    if class_weight is None:
+        ends = graph_constant([np.inf, ignored_entry, np.inf])
+        middle = mx.sym.ones_like(classes)
+        head, tail = (mx.sym.slice_axis(ends, axis=0, begin=0, end=2),
+                      mx.sym.slice_axis(ends, axis=0, begin=2, end=3))
+    else:
+        table = graph_constant(np.concatenate([[np.inf, ignored_entry], class_weight, [np.inf]]),
+                               name=None if name is None else name + "_class_weight")
+        head, tail = (mx.sym.slice_axis(table, axis=0, begin=0, end=2),
+                      mx.sym.slice_axis(table, axis=0, begin=-1, end=None))
+        # reshape_like checks sizes (reshape with 0 or -1 in the shape does not).
+        middle = mx.sym.reshape_like(
+            mx.sym.slice_axis(table, axis=0, begin=2, end=-1), classes,
+            name=None if name is None else name + "_class_weight_check")
+    index = label + 2.0
+    if ignore is not None and ignore != -1:
+        index = index - (label == ignore) * float(ignore + 1)
+    return mx.sym.take(mx.sym.concat(head, middle, tail, dim=0), index)
 
 
 def weighted_softmax_output(data, label, class_weight=None, ignore_label=-1, use_ignore=True,
@@ -56,9 +112,10 @@ def weighted_softmax_output(data, label, class_weight=None, ignore_label=-1, use
     r"""Class-weighted drop-in for ``mx.sym.SoftmaxOutput``.
 
     Forward returns :math:`p = \mathrm{softmax}(z)` along axis 1, shaped like
-    ``data``, as ``SoftmaxOutput`` does, so ``mx.metric.Accuracy``, metrics reading
-    ``preds[0]`` and ``mod.predict`` work unchanged. Backward ignores the head gradient
-    and gives the gradient of the weighted cross-entropy,
+    ``data``: ``SoftmaxOutput``'s own output, bitwise, so ``mx.metric.Accuracy``,
+    metrics reading ``preds[0]`` and ``mod.predict`` work unchanged, and the output
+    is named ``<name>_output`` as ``SoftmaxOutput``'s. Backward ignores the head
+    gradient and gives the gradient of the weighted cross-entropy,
 
     .. math::
 
@@ -66,7 +123,8 @@ def weighted_softmax_output(data, label, class_weight=None, ignore_label=-1, use
             \big(p_i - \mathrm{onehot}(y_i)\big), \qquad 0 \text{ where } y_i = \text{ignore\_label},
 
     with :math:`s` = ``grad_scale``, :math:`w` = ``class_weight`` (ones when None)
-    and :math:`Z` exactly as ``SoftmaxOutput`` divides:
+    and :math:`Z` exactly as ``SoftmaxOutput`` divides, since it is
+    ``SoftmaxOutput`` that computes it:
 
     ============== ============================== =====================================
     normalization  ``multi_output=False``          ``multi_output=True``
@@ -76,8 +134,10 @@ def weighted_softmax_output(data, label, class_weight=None, ignore_label=-1, use
     null           1                               positions per sample
     ============== ============================== =====================================
 
-    With unit weights this is ``SoftmaxOutput``'s gradient (within float32 rounding).
-    A label outside ``[0, C)`` that is not ignored turns the whole output NaN. The
+    The weights enter through ``z' = BlockGrad(z) + (z - BlockGrad(z)) w_y``: the
+    value of ``z`` exactly, the gradient scaled per position by :math:`w_{y_i}`.
+    A label outside ``[0, C)`` that is not ignored makes that position's output (and
+    gradient) NaN. Non-integer labels are truncated, as ``SoftmaxOutput`` does. The
     loss value itself is not an output; log it with :class:`WeightedCrossEntropy`.
 
     Defaults differ from ``SoftmaxOutput``'s (``use_ignore=False``,
@@ -92,13 +152,14 @@ def weighted_softmax_output(data, label, class_weight=None, ignore_label=-1, use
         Class ids: ``(N,)``, or ``(B, d1, ...)`` (also accepted flattened,
         ``(B, d1 * ...)``).
     class_weight : list or ndarray of C non-negative floats, or None
-        :math:`w`, stored in the graph as a constant (see :func:`graph_constant`).
+        :math:`w`, stored in the graph as a constant (see :func:`graph_constant`),
+        so it is saved with the symbol and no optimizer or ``set_params`` reaches it.
         A length other than C fails when the graph is bound, naming the node
         ``<name>_class_weight_check``.
     ignore_label : int, default -1
         Label whose positions get no gradient when ``use_ignore`` is True.
     use_ignore : bool, default True
-        False: no label is ignored, so ``ignore_label`` is out of range (NaN).
+        False: no label is ignored, so ``ignore_label`` is a bad label (NaN).
     normalization : {'valid', 'batch', 'null'}, default 'valid'
         :math:`Z`, see the table.
     multi_output : bool, default False
@@ -106,7 +167,7 @@ def weighted_softmax_output(data, label, class_weight=None, ignore_label=-1, use
     grad_scale : float, default 1
         :math:`s`.
     name : str or None
-        Name of the output node (its output is ``<name>_output``).
+        Name of the ``SoftmaxOutput`` node.
 
     Returns
     -------
@@ -118,32 +179,29 @@ def weighted_softmax_output(data, label, class_weight=None, ignore_label=-1, use
     ignore = check_ignore_label(ignore_label) if use_ignore else None
     weights = None
     if class_weight is not None:
-        weights = graph_constant(as_weight_vector("class_weight", class_weight),
-                                 name=None if name is None else name + "_class_weight")
-        # Same shape as the class axis or no bind: the check is 2 tiny nodes.
-        weights = mx.sym.elemwise_add(
-            weights, mx.sym.contrib.arange_like(data, axis=1) * 0.0,
-            name=None if name is None else name + "_class_weight_check")
+        weights = as_weight_vector("class_weight", class_weight)
+        if weights.max() > CONSTANT_MAX:
+            raise ValueError("class_weight entries must be <= 2**126, got %r" % weights.max())
+    label = detached_label(mx.sym, label)
     if multi_output:
-        # (B, C, d1, ...) as (B, C, P): one label position per column, either label layout.
-        scores, labels, ndim = (mx.sym.reshape(data, shape=(0, 0, -1)),
-                                mx.sym.reshape(label, shape=(0, -1)), 3)
+        # (B, C, d1, ...) as (B, C, P): either label layout works.
+        scores = mx.sym.reshape(data, shape=(0, 0, -1))
+        label = mx.sym.reshape(label, shape=(0, -1))
+        position_weight = mx.sym.reshape(
+            _position_weights(data, label, weights, ignore, name), shape=(0, 1, -1))
     else:
-        scores, labels, ndim = data, label, 2
-    # The functional core's (batch,) vector has mean sum_i l_i / Z_core, and its sum
-    # for Z_core = B x P is sum_i l_i / P: SoftmaxOutput's multi_output 'null'.
-    # (MakeLoss's own normalization='batch' does not divide a 1-D loss by B.)
-    per_position_null = multi_output and normalization == "null"
-    core_normalization = "batch" if per_position_null else normalization
-    per_sample = weighted_softmax_ce(mx.sym, scores, labels, class_weight=weights, axis=1,
-                                     ignore_label=ignore, normalization=core_normalization,
-                                     ndim=ndim)
-    total = mx.sym.sum(per_sample) if per_position_null else mx.sym.mean(per_sample)
-    gradient_source = mx.sym.MakeLoss(total, grad_scale=grad_scale, normalization="null")
-    # MakeLoss ignores its head gradient, so the term below contributes 0 to the value
-    # (NaN when a label is bad) and nothing but the loss gradient to the backward pass.
-    probabilities = mx.sym.BlockGrad(mx.sym.softmax(data, axis=1))
-    return mx.sym.broadcast_add(probabilities, gradient_source * 0.0, name=name)
+        scores = data
+        position_weight = mx.sym.expand_dims(
+            _position_weights(data, label, weights, ignore, name), axis=1)
+    # The value of the scores, exactly (s - s is 0); their gradient times w_y, and
+    # inf * 0 = NaN where a label is bad.
+    fixed = mx.sym.BlockGrad(scores)
+    weighted = fixed + (scores - fixed) * mx.sym.broadcast_like(position_weight, scores)
+    probabilities = mx.sym.SoftmaxOutput(
+        weighted, label, grad_scale=grad_scale, ignore_label=-1 if ignore is None else ignore,
+        use_ignore=ignore is not None, normalization=normalization,
+        multi_output=multi_output, name=name)
+    return mx.sym.reshape_like(probabilities, data) if multi_output else probabilities
 
 
 class WeightedCrossEntropy(mx.metric.EvalMetric):

@@ -64,7 +64,7 @@ def test_unit_weights_match_softmax_output(layout, normalization, grad_scale):
                   multi_output=multi, grad_scale=grad_scale)
     ours = forward_backward(weighted_softmax_output(*data_label(), **kwargs), x, y)
     theirs = forward_backward(mx.sym.SoftmaxOutput(*data_label(), **kwargs), x, y)
-    np.testing.assert_allclose(ours[0], theirs[0], rtol=0, atol=EPS32)
+    np.testing.assert_array_equal(ours[0], theirs[0])
     z = softmax_z(y, normalization, multi)
     assert z == 1 or np.abs(theirs[1]).max() < grad_scale / z * 1.01  # Z measured right
     np.testing.assert_allclose(ours[1], theirs[1], rtol=0, atol=32 * EPS32 * grad_scale / z)
@@ -118,16 +118,40 @@ def test_metric_logs_the_weighted_loss_over_batches():
     np.testing.assert_allclose(value, total / kept, rtol=1e-5)
 
 
-@pytest.mark.parametrize("bad", [4.0, -2.0])
-def test_bad_label_makes_the_output_nan(bad):
+@pytest.mark.parametrize("class_weight", [None, [1.0, 2.0, 3.0, 4.0]], ids=["unit", "weighted"])
+@pytest.mark.parametrize("bad", [4.0, -2.0, 255.0])
+def test_bad_label_makes_its_position_nan(bad, class_weight):
     x, y = inputs((6, 4), (6,))
     y[4] = bad
-    out, grad = forward_backward(weighted_softmax_output(*data_label()), x, y)
-    assert np.isnan(out).all()
+    out, grad = forward_backward(weighted_softmax_output(*data_label(), class_weight=class_weight),
+                                 x, y)
+    assert np.isnan(out[4]).all() and np.isnan(grad[4]).all()
+    assert np.isfinite(np.delete(out, 4, axis=0)).all()
+    # multi_output: the position (sample 1, column 2) only.
+    x, y = inputs((2, 4, 3), (2, 3))
+    y[1, 2] = bad
+    out, _ = forward_backward(weighted_softmax_output(*data_label(), class_weight=class_weight,
+                                                      multi_output=True), x, y)
+    assert np.isnan(out[1, :, 2]).all() and np.isnan(out).sum() == 4
     # Without use_ignore, -1 is a bad label too.
     x, y = inputs((6, 4), (6,))
-    out, _ = forward_backward(weighted_softmax_output(*data_label(), use_ignore=False), x, y)
-    assert np.isnan(out).all()
+    out, _ = forward_backward(weighted_softmax_output(*data_label(), class_weight=class_weight,
+                                                      use_ignore=False), x, y)
+    np.testing.assert_array_equal(np.isnan(out).any(axis=1), y == -1)
+
+
+@pytest.mark.parametrize("class_weight", [None, [1.0, 1.0, 1.0, 1.0]], ids=["none", "ones"])
+@pytest.mark.parametrize("ignore_label", [255, 2, -3])
+def test_other_ignore_labels_match_softmax_output(ignore_label, class_weight):
+    x, y = inputs((2, 4, 3, 2), (2, 3, 2))
+    y[y == -1] = ignore_label
+    kwargs = dict(ignore_label=ignore_label, use_ignore=True, normalization="valid",
+                  multi_output=True)
+    ours = forward_backward(weighted_softmax_output(*data_label(), class_weight=class_weight,
+                                                    **kwargs), x, y)
+    theirs = forward_backward(mx.sym.SoftmaxOutput(*data_label(), **kwargs), x, y)
+    np.testing.assert_array_equal(ours[0], theirs[0])
+    np.testing.assert_array_equal(ours[1], theirs[1])
 
 
 def test_good_labels_give_finite_output_for_extreme_scores():
@@ -149,11 +173,14 @@ def test_class_weights_are_exact_graph_constants_that_survive_json():
     np.testing.assert_array_equal(value, weights)
 
 
-def test_class_weight_length_mismatch_fails_at_bind_naming_the_check():
-    symbol = weighted_softmax_output(*data_label(), class_weight=[1, 2, 3], name="cls")
+@pytest.mark.parametrize("length", [3, 5])
+@pytest.mark.parametrize("layout", [((6, 4), (6,)), ((2, 4, 3), (2, 3))], ids=["NC", "BCN"])
+def test_class_weight_length_mismatch_fails_at_bind_naming_the_check(length, layout):
+    symbol = weighted_softmax_output(*data_label(), class_weight=[1.0] * length, name="cls",
+                                     multi_output=len(layout[0]) > 2)
     # simple_bind re-raises MXNet's shape error as a RuntimeError with the same text.
     with pytest.raises((mx.base.MXNetError, RuntimeError), match="cls_class_weight_check"):
-        symbol.simple_bind(mx.cpu(), data=(6, 4), label=(6,))
+        symbol.simple_bind(mx.cpu(), data=layout[0], label=layout[1])
 
 
 @pytest.mark.parametrize("kwargs, message", [
@@ -208,8 +235,8 @@ def test_module_fit_predict_and_checkpoint(tmp_path, contexts):
     assert sorted(arg_params) == ["fc1_bias", "fc1_weight", "fc2_bias", "fc2_weight"]
     mod.save_checkpoint(str(tmp_path / "mlp"), 6)
     symbol, _, _ = mx.model.load_checkpoint(str(tmp_path / "mlp"), 6)
-    constant = symbol.get_internals()["softmax_class_weight_output"]
-    np.testing.assert_array_equal(constant.bind(mx.cpu(), {}).forward()[0].asnumpy(),
+    table = symbol.get_internals()["softmax_class_weight_output"]
+    np.testing.assert_array_equal(table.bind(mx.cpu(), {}).forward()[0].asnumpy()[2:-1],
                                   np.float32(weights))
 
 
