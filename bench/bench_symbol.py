@@ -17,39 +17,47 @@ from gluon_losses.symbol import weighted_softmax_output
 from bench.timing import interleave, timed
 
 LOSS_ARGS = dict(ignore_label=-1, use_ignore=True, normalization="valid")
-# (name, data shape, label shape, hidden units, multi_output)
+# (name, data shape, label shape, network, classes, multi_output)
 CASES = [
-    ("RCNN head: 512 RoIs x 21 classes", (512, 256), (512,), 256, False),
-    ("RPN-like multi_output: (8, 21, 1024)", (8, 64, 1024), (8, 1024), 64, True),
+    ("Fast R-CNN classifier: 256 RoIs x 1024 -> FC 512 -> FC 21",
+     (256, 1024), (256,), "fc", 21, False),
+    ("RPN objectness: (1, 128, 38, 50) -> 3x3 conv 128 -> 1x1 conv 2x9, multi_output",
+     (1, 128, 38, 50), (1, 9 * 38 * 50), "rpn", 2, True),
+    ("segmentation: (4, 64, 32, 32) -> 3x3 conv 64 -> 1x1 conv 21, multi_output",
+     (4, 64, 32, 32), (4, 32, 32), "conv", 21, True),
 ]
+ANCHORS = 9
 
 
-def build(loss, data_shape, hidden, num_classes, multi_output):
-    """Two layers then the loss: FC-ReLU-FC, or 1x1 convolutions for multi_output."""
+def build(loss, network, num_classes, multi_output):
+    """The network named by ``network``, then the loss layer."""
     data, label = mx.sym.var("data"), mx.sym.var("softmax_label")
-    if multi_output:
-        features = mx.sym.Activation(mx.sym.Convolution(data, kernel=(1,), num_filter=hidden,
-                                                        name="conv1"), act_type="relu")
-        scores = mx.sym.Convolution(features, kernel=(1,), num_filter=num_classes, name="cls")
+    if network == "fc":
+        hidden = mx.sym.FullyConnected(data, num_hidden=512, name="fc1")
+        scores = mx.sym.FullyConnected(mx.sym.Activation(hidden, act_type="relu"),
+                                       num_hidden=num_classes, name="cls")
     else:
-        features = mx.sym.Activation(mx.sym.FullyConnected(data, num_hidden=hidden, name="fc1"),
-                                     act_type="relu")
-        scores = mx.sym.FullyConnected(features, num_hidden=num_classes, name="cls")
+        hidden = mx.sym.Convolution(data, kernel=(3, 3), pad=(1, 1),
+                                    num_filter=128 if network == "rpn" else 64, name="conv1")
+        outputs = num_classes * (ANCHORS if network == "rpn" else 1)
+        scores = mx.sym.Convolution(mx.sym.Activation(hidden, act_type="relu"), kernel=(1, 1),
+                                    num_filter=outputs, name="cls")
+        if network == "rpn":
+            # As MXNet's RCNN example: (1, 2A, H, W) -> (1, 2, A * H, W), labels (1, A*H*W).
+            scores = mx.sym.reshape(scores, shape=(0, 2, -1, 0))
     if loss == "SoftmaxOutput":
         return mx.sym.SoftmaxOutput(scores, label, multi_output=multi_output, **LOSS_ARGS)
-    weights = np.linspace(0.5, 2.0, num_classes)
-    return weighted_softmax_output(scores, label, class_weight=weights,
+    return weighted_softmax_output(scores, label, class_weight=np.linspace(0.5, 2.0, num_classes),
                                    multi_output=multi_output, **LOSS_ARGS)
 
 
-def iteration(loss, data_shape, label_shape, hidden, multi_output, num_classes=21, seed=0):
+def iteration(loss, data_shape, label_shape, network, num_classes, multi_output, seed=0):
     """A callable timing one Module training iteration on a fixed batch."""
     rng = np.random.RandomState(seed)
     batch = mx.io.DataBatch(
         [mx.nd.array(rng.randn(*data_shape))],
         [mx.nd.array(rng.randint(-1, num_classes, size=label_shape))])
-    mod = mx.mod.Module(build(loss, data_shape, hidden, num_classes, multi_output),
-                        context=mx.cpu())
+    mod = mx.mod.Module(build(loss, network, num_classes, multi_output), context=mx.cpu())
     mod.bind(data_shapes=[("data", data_shape)], label_shapes=[("softmax_label", label_shape)])
     mx.random.seed(seed)
     mod.init_params(mx.init.Xavier())
@@ -75,8 +83,9 @@ def main(argv=None):
     print("| case | SoftmaxOutput ms | drop-in ms | ratio |")
     print("|---|---:|---:|---:|")
     ratios = {}
-    for name, data_shape, label_shape, hidden, multi_output in CASES:
-        contenders = {loss: iteration(loss, data_shape, label_shape, hidden, multi_output)
+    for name, data_shape, label_shape, network, num_classes, multi_output in CASES:
+        contenders = {loss: iteration(loss, data_shape, label_shape, network, num_classes,
+                                      multi_output)
                       for loss in ("SoftmaxOutput", "weighted_softmax_output")}
         result = interleave(contenders, rounds, warmup_rounds=2, block=args.block,
                             alternate=True)
