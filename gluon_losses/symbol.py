@@ -120,7 +120,8 @@ def weighted_softmax_output(data, label, class_weight=None, ignore_label=-1, use
     .. math::
 
         \frac{\partial L}{\partial z_i} = \frac{s}{Z}\, w_{y_i}\,
-            \big(p_i - \mathrm{onehot}(y_i)\big), \qquad 0 \text{ where } y_i = \text{ignore\_label},
+            \big(p_i - \mathrm{onehot}(y_i)\big)
+        \quad (0 \text{ where } y_i = \text{ignore\_label}),
 
     with :math:`s` = ``grad_scale``, :math:`w` = ``class_weight`` (ones when None)
     and :math:`Z` exactly as ``SoftmaxOutput`` divides, since it is
@@ -207,7 +208,9 @@ def weighted_softmax_output(data, label, class_weight=None, ignore_label=-1, use
 class WeightedCrossEntropy(mx.metric.EvalMetric):
     r"""Metric: the class-weighted cross-entropy of predicted probabilities.
 
-    .. math:: \frac{\sum_i w_{y_i} \big(-\log(p_{i,y_i} + \epsilon)\big)}{\#\{i: y_i \ne \text{ignore}\}}
+    .. math::
+
+        \frac{\sum_i w_{y_i} \big(-\log(p_{i,y_i} + \epsilon)\big)}{\#\{i: y_i \ne \text{ignore}\}}
 
     summed over every batch since the last ``reset``, the ``'valid'``-normalized
     value that :func:`weighted_softmax_output` trains (``Module`` metrics see the
