@@ -57,22 +57,28 @@ def fit(symbol, train, contexts, kvstore, optimizer, epochs, prefix, eval_metric
         initializer, resume=False, log=None, optimizer_params=()):
     """``mod.fit`` for ``epochs`` epochs (numbered from 1) with a checkpoint after each.
 
-    With ``resume``, the newest checkpoint under ``prefix`` (parameters and optimizer
-    states, written by ``mod.save_checkpoint``) is loaded and training continues from
+    With ``resume``, the newest checkpoint under ``prefix`` (parameters and, but for
+    ``dist_sync`` runs, optimizer states, written by ``mod.save_checkpoint``) is loaded and training continues from
     the epoch after it. Returns the Module.
     """
     log = log or logging.getLogger(__name__)
     begin = last_checkpoint(prefix) if resume else 0
     if begin:
-        mod = mx.mod.Module.load(prefix, begin, load_optimizer_states=True, context=contexts,
+        states = os.path.exists("%s-%04d.states" % (prefix, begin))
+        mod = mx.mod.Module.load(prefix, begin, load_optimizer_states=states, context=contexts,
                                  label_names=["softmax_label"])
         log.info("%s: resumed from epoch %d", os.path.basename(prefix), begin)
     else:
         mod = mx.mod.Module(symbol, context=contexts, label_names=["softmax_label"])
     os.makedirs(os.path.dirname(prefix), exist_ok=True)
 
+    distributed = isinstance(kvstore, mx.kv.KVStore)
+
     def save(epoch, sym, arg, aux):
-        mod.save_checkpoint(prefix, epoch + 1, save_optimizer_states=True)
+        # dist_sync workers hold the same parameters, and the optimizer states live on
+        # the servers, where a worker cannot save them.
+        if worker_rank(kvstore) == 0:
+            mod.save_checkpoint(prefix, epoch + 1, save_optimizer_states=not distributed)
 
     mod.fit(train, eval_metric=eval_metric, kvstore=kvstore, optimizer=optimizer,
             optimizer_params=optimizer_params, initializer=initializer, begin_epoch=begin,
@@ -80,6 +86,25 @@ def fit(symbol, train, contexts, kvstore, optimizer, epochs, prefix, eval_metric
             epoch_end_callback=save,
             batch_end_callback=mx.callback.Speedometer(train.batch_size, 50))
     return mod
+
+
+def worker_rank(kvstore):
+    """This process's rank in a ``dist`` kvstore, 0 otherwise."""
+    return kvstore.rank if isinstance(kvstore, mx.kv.KVStore) else 0
+
+
+def kvstore_and_shard(kvstore, x, y):
+    """The kvstore to give Module and this worker's share of ``(x, y)``.
+
+    A ``dist`` kvstore is created here, so that its rank picks the shard (every
+    ``num_workers``-th sample) and its size scales ``rescale_grad``; the others are
+    passed to Module by name. Returns ``(kvstore, x, y, num_workers)``.
+    """
+    if "dist" not in str(kvstore):
+        return kvstore, x, y, 1
+    kv = mx.kv.create(kvstore)
+    part = slice(kv.rank, None, kv.num_workers)
+    return kv, x[part], y[part], kv.num_workers
 
 
 def iterator(x, y, batch_size, shuffle, max_iters=0):
@@ -99,6 +124,7 @@ def run_rcnn(out, contexts, kvstore="device", epochs=8, batch_size=16, optimizer
     num_classes = int(y_train.max()) + 1
     counts = datasets.class_counts(y_train, num_classes)
     weights = class_weight_vector(class_weighting, counts, beta)
+    kvstore, x_train, y_train, _ = kvstore_and_shard(kvstore, x_train, y_train)
     train = iterator(x_train, y_train, batch_size, True, max_iters)
     steps = max_iters or len(x_train) // batch_size
     # normalization='valid' averages over the kept RoIs already: no 1/batch rescale.
@@ -113,7 +139,7 @@ def run_rcnn(out, contexts, kvstore="device", epochs=8, batch_size=16, optimizer
               resume=resume, log=log, optimizer_params=params)
     probabilities = mod.predict(iterator(x_test, y_test, batch_size, False)).asnumpy()
     results = classification_metrics(probabilities, y_test, num_classes, datasets.IGNORE)
-    results.update(class_counts=counts.tolist(),
+    results.update(class_counts=counts.tolist(), worker=worker_rank(kvstore),
                    class_weight=None if weights is None else np.asarray(weights).tolist())
     return results
 
@@ -129,11 +155,13 @@ def run_center(out, contexts, kvstore="device", epochs=8, batch_size=64, optimiz
     num_classes = 10
     counts = datasets.class_counts(y_train, num_classes)
     weights = class_weight_vector(class_weighting, counts, beta)
+    kvstore, x_train, y_train, workers = kvstore_and_shard(kvstore, x_train, y_train)
     train = iterator(x_train, y_train, batch_size, True, max_iters)
     steps = max_iters or len(x_train) // batch_size
-    # An optimizer instance: Module does not set rescale_grad for it.
+    # An optimizer instance: Module does not set rescale_grad for it (the global batch).
     optimizer = with_center_update(
-        optimizer, learning_rate=lr, momentum=momentum, wd=wd, rescale_grad=1.0 / batch_size,
+        optimizer, learning_rate=lr, momentum=momentum, wd=wd,
+        rescale_grad=1.0 / (batch_size * workers),
         lr_scheduler=lr_scheduler(lr, lr_decay, lr_decay_epochs, steps))
     mod = fit(lenet_center(num_classes, feature_dim, weight, alpha, weights), train, contexts,
               kvstore, optimizer, epochs, os.path.join(out, CHECKPOINTS, "center"),
@@ -145,15 +173,16 @@ def run_center(out, contexts, kvstore="device", epochs=8, batch_size=64, optimiz
     state = mod.get_params()[0][center_state_name("center")].asnumpy()
     results = classification_metrics(probabilities, y_test, num_classes, datasets.IGNORE)
     results.update(center_metrics(features, y_test, state))
-    results.update(class_counts=counts.tolist(),
+    results.update(class_counts=counts.tolist(), worker=worker_rank(kvstore),
                    class_weight=None if weights is None else np.asarray(weights).tolist())
     return results
 
 
 def run(out, tasks=TASKS, log=None, **settings):
     """Run the ``tasks`` (``'rcnn'``, ``'center'``) with the shared ``settings`` (keyword
-    arguments of :func:`run_rcnn` / :func:`run_center`); writes ``OUT/results.json``
-    and returns the results, ``{task: {...}}``."""
+    arguments of :func:`run_rcnn` / :func:`run_center`); returns the results,
+    ``{task: {...}}``, and writes them to ``OUT/results.json`` (the first ``dist_sync``
+    worker only, as it alone writes checkpoints)."""
     center_only = ("weight", "alpha", "feature_dim")
     results = {}
     for task in tasks:
@@ -167,5 +196,6 @@ def run(out, tasks=TASKS, log=None, **settings):
         if log:
             log.info("%s: accuracy %.4f, balanced accuracy %.4f", task,
                      results[task]["accuracy"], results[task]["balanced_accuracy"])
-    write_json(os.path.join(out, "results.json"), results)
+    if all(task_results["worker"] == 0 for task_results in results.values()):
+        write_json(os.path.join(out, "results.json"), results)
     return results

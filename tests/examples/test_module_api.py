@@ -1,4 +1,4 @@
-"""Smoke tests of examples/module_api: outputs, two devices, resume, the command line."""
+"""Smoke tests of examples/module_api: outputs, two devices, dist_sync, resume, the command line."""
 import json
 import math
 import os
@@ -10,6 +10,9 @@ from examples.module_api import data as module_data
 from examples.module_api.cli import main
 from examples.module_api.report import classification_metrics
 from examples.module_api.train import last_checkpoint, run, run_center
+from loopback_cluster import run_dist_sync, skip_unless_dist
+
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 SMALL = dict(epochs=2, max_iters=3, contexts=[mx.cpu()], kvstore="device", lr_decay_epochs=[1])
 
@@ -69,3 +72,15 @@ def test_roi_data_are_imbalanced_with_ignored_rois():
     assert features.shape == (50, 64, 32) and labels.shape == (50, 64)
     counts = module_data.class_counts(labels, 6)
     assert counts[0] > 5 * counts[-1] and abs((labels == -1).mean() - 0.25) < 0.05
+
+
+@skip_unless_dist
+def test_center_network_on_two_dist_sync_workers(tmp_path):
+    env = dict(os.environ, PYTHONPATH=ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    run_dist_sync(["-m", "examples.module_api", "--task", "center", "--kvstore", "dist_sync",
+                   "--epochs", "2", "--max-iters", "3", "--batch-size", "32", "--quiet",
+                   "--out", str(tmp_path)], cwd=ROOT, env=env, timeout=120)
+    saved = json.loads((tmp_path / "results.json").read_text())["center"]
+    # Eq. 4 counted every sample of both workers: 2 epochs x 3 batches x 32 x 2 workers.
+    assert sum(saved["center_update_counts"]) == 2 * 3 * 32 * 2
+    assert last_checkpoint(str(tmp_path / "checkpoints" / "center")) == 2
