@@ -58,8 +58,8 @@ def fit(symbol, train, contexts, kvstore, optimizer, epochs, prefix, eval_metric
     """``mod.fit`` for ``epochs`` epochs (numbered from 1) with a checkpoint after each.
 
     With ``resume``, the newest checkpoint under ``prefix`` (parameters and, but for
-    ``dist_sync`` runs, optimizer states, written by ``mod.save_checkpoint``) is loaded and training continues from
-    the epoch after it. Returns the Module.
+    ``dist_sync`` runs, optimizer states, written by ``mod.save_checkpoint``) is loaded
+    and training continues from the epoch after it. Returns the Module.
     """
     log = log or logging.getLogger(__name__)
     begin = last_checkpoint(prefix) if resume else 0
