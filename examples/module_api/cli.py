@@ -1,9 +1,9 @@
 """Command line of ``python -m examples.module_api``: flags -> ``train.run`` keyword arguments.
 
-    python -m examples.module_api --out runs/module_api                  # both, about 1 min
+    python -m examples.module_api --out runs/module_api                  # both, under a minute
     python -m examples.module_api --task center --ctx cpu:0,cpu:1 --kvstore local
     python -m examples.module_api --task rcnn --class-weighting median --epochs 12
-    python -m examples.module_api --resume runs/module_api --epochs 12
+    python -m examples.module_api --resume runs/module_api --epochs 20
 """
 import argparse
 import os
@@ -25,7 +25,7 @@ def build_parser():
     g.add_argument("--resume", metavar="DIR",
                    help="continue the run in DIR from its last checkpoints; flags not given "
                         "come from DIR/args.json")
-    g.add_argument("--epochs", type=int, default=8, help="total epochs, from 1 (default 8)")
+    g.add_argument("--epochs", type=int, default=16, help="total epochs, from 1 (default 16)")
     g.add_argument("--batch-size", type=int, default=None,
                    help="default 16 RoI images (rcnn), 64 digits (center)")
     g.add_argument("--optimizer", default="sgd", help="any mxnet optimizer name (default sgd)")
@@ -33,8 +33,8 @@ def build_parser():
     g.add_argument("--momentum", type=float, default=0.9, help="default 0.9")
     g.add_argument("--wd", type=float, default=1e-4, help="weight decay (default 1e-4)")
     g.add_argument("--lr-decay", type=float, default=0.1, help="default 0.1")
-    g.add_argument("--lr-decay-epochs", default="6", metavar="E1,E2",
-                   help="epochs after which lr is multiplied by --lr-decay (default 6)")
+    g.add_argument("--lr-decay-epochs", default="12", metavar="E1,E2",
+                   help="epochs after which lr is multiplied by --lr-decay (default 12)")
     g.add_argument("--seed", type=int, default=0)
     g.add_argument("--ctx", default="cpu", help="cpu, gpu:0, or a list such as cpu:0,cpu:1")
     g.add_argument("--gpus", default="", help="e.g. 0,1; wins over --ctx")

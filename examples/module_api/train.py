@@ -113,7 +113,7 @@ def iterator(x, y, batch_size, shuffle, max_iters=0):
     return mx.io.ResizeIter(it, max_iters) if max_iters else it
 
 
-def run_rcnn(out, contexts, kvstore="device", epochs=8, batch_size=16, optimizer="sgd", lr=0.1,
+def run_rcnn(out, contexts, kvstore="device", epochs=16, batch_size=16, optimizer="sgd", lr=0.1,
              momentum=0.9, wd=1e-4, lr_decay=0.1, lr_decay_epochs=(), class_weighting="inverse",
              beta=0.999, max_iters=0, seed=0, resume=False, log=None):
     """Train the RCNN-style head on generated RoIs; returns its results (a dict)."""
@@ -144,7 +144,7 @@ def run_rcnn(out, contexts, kvstore="device", epochs=8, batch_size=16, optimizer
     return results
 
 
-def run_center(out, contexts, kvstore="device", epochs=8, batch_size=64, optimizer="sgd", lr=0.1,
+def run_center(out, contexts, kvstore="device", epochs=16, batch_size=64, optimizer="sgd", lr=0.1,
                momentum=0.9, wd=5e-4, lr_decay=0.1, lr_decay_epochs=(), class_weighting="none",
                beta=0.999, max_iters=0, seed=0, resume=False, weight=0.01, alpha=0.5,
                feature_dim=2, log=None):
