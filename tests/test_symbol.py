@@ -1,7 +1,8 @@
 """gluon_losses.symbol against mx.sym.SoftmaxOutput, float64 references and Module runs."""
-import json
 import os
 import pickle
+import subprocess
+import sys
 
 import numpy as np
 import mxnet as mx
@@ -401,3 +402,35 @@ def test_dist_sync_workers_match_one_process_on_the_whole_batch(tmp_path):
                          for rank in (0, 1))
         np.testing.assert_array_equal(first, second)
         np.testing.assert_allclose(first, device_copies(single, STATE)[0], rtol=1e-5, atol=1e-6)
+
+
+# What a parameter server does: `import mxnet` runs the server loop from inside that
+# import, which unpickles the optimizer before mxnet.gluon or the mx.nd alias exist.
+SERVER_SIDE = r"""
+import pickle, sys
+payload = sys.stdin.buffer.read()
+class UnpickleMidImport:
+    done = False
+    def find_spec(self, name, path, target=None):
+        if name == "mxnet.kvstore.kvstore_server" and not self.done:
+            self.done = True
+            import mxnet.ndarray as nd
+            optimizer = pickle.loads(payload)
+            optimizer.idx2name = {3: "center_state"}
+            flat_state, flat_grad = nd.zeros((12,)), nd.ones((12,))   # (K, D, 2) flattened
+            optimizer.update(3, flat_state, flat_grad, None)
+            print(type(optimizer).__name__, flat_state.asnumpy()[:2].tolist())
+        return None
+sys.meta_path.insert(0, UnpickleMidImport())
+import mxnet
+"""
+
+
+def test_optimizer_unpickles_on_a_server_during_import_mxnet():
+    env = dict(os.environ, PYTHONPATH=ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    done = subprocess.run([sys.executable, "-c", SERVER_SIDE], input=pickle.dumps(
+        with_center_update("sgd", momentum=0.9), 0), env=env, capture_output=True,
+        timeout=120)
+    assert done.returncode == 0, done.stderr.decode()[-2000:]
+    # Eq. 4 on a flat copy: c = 0 - 1 / (1 + 1), count 0 + 1.
+    assert done.stdout.decode().split("\n")[-2] == "CenterUpdateSGD [-0.5, 1.0]"
