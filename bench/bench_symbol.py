@@ -25,6 +25,8 @@ CASES = [
      (1, 128, 38, 50), (1, 9 * 38 * 50), "rpn", 2, True),
     ("segmentation: (4, 64, 32, 32) -> 3x3 conv 64 -> 1x1 conv 21, multi_output",
      (4, 64, 32, 32), (4, 32, 32), "conv", 21, True),
+    ("loss-dominated: (8, 21, 1024) -> 1x1 conv 21, multi_output",
+     (8, 21, 1024), (8, 1024), "conv1x1", 21, True),
 ]
 ANCHORS = 9
 
@@ -36,6 +38,8 @@ def build(loss, network, num_classes, multi_output):
         hidden = mx.sym.FullyConnected(data, num_hidden=512, name="fc1")
         scores = mx.sym.FullyConnected(mx.sym.Activation(hidden, act_type="relu"),
                                        num_hidden=num_classes, name="cls")
+    elif network == "conv1x1":
+        scores = mx.sym.Convolution(data, kernel=(1,), num_filter=num_classes, name="cls")
     else:
         hidden = mx.sym.Convolution(data, kernel=(3, 3), pad=(1, 1),
                                     num_filter=128 if network == "rpn" else 64, name="conv1")

@@ -196,8 +196,13 @@ def weighted_softmax_output(data, label, class_weight=None, ignore_label=-1, use
             _position_weights(data, label, weights, ignore, name), axis=1)
     # The value of the scores, exactly (s - s is 0); their gradient times w_y, and
     # inf * 0 = NaN where a label is bad.
+    # broadcast_axis with a known size is many times faster than broadcast_like on CPU.
+    if weights is None:
+        position_weight = mx.sym.broadcast_like(position_weight, scores)
+    else:
+        position_weight = mx.sym.broadcast_axis(position_weight, axis=1, size=weights.size)
     fixed = mx.sym.BlockGrad(scores)
-    weighted = fixed + (scores - fixed) * mx.sym.broadcast_like(position_weight, scores)
+    weighted = fixed + (scores - fixed) * position_weight
     probabilities = mx.sym.SoftmaxOutput(
         weighted, label, grad_scale=grad_scale, ignore_label=-1 if ignore is None else ignore,
         use_ignore=ignore is not None, normalization=normalization,
