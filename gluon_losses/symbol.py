@@ -37,7 +37,7 @@ _FLOAT32_MAX = float(np.finfo(np.float32).max)
 
 
 def graph_constant(values, name=None):
-    """A ``(L,)`` float32 symbol whose values are stored in the graph itself.
+    r"""A ``(L,)`` float32 symbol whose values are stored in the graph itself.
 
     The values are the ``sizes`` attribute of one ``MultiBoxPrior`` node on a grid of
     height 2 and width 1, with ratio 1, offset 0 and step 1: the anchor of size
