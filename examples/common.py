@@ -10,9 +10,10 @@ Conventions (every example follows them):
 * A run folder ``OUT`` holds ``args.json``, ``train.log``, ``results.json`` and
   ``checkpoints/`` (only the newest epoch is kept there). Epochs are numbered from 1.
 * Console lines go through tqdm while a progress bar is shown: wrap the training loop in
-  ``tqdm.contrib.logging.logging_redirect_tqdm(loggers=[log])``.
+  ``with console_through_tqdm(log):``.
 """
 import argparse
+import contextlib
 import json
 import logging
 import os
@@ -50,6 +51,10 @@ def add_common_arguments(parser, **defaults):
     if unknown:
         raise ValueError("add_common_arguments: unknown defaults %s" % unknown)
     d = dict(COMMON_DEFAULTS, **defaults)
+
+    def shown(key):        # a default of None is resolved by the example (see its --help)
+        return "" if d[key] is None else " (default %s)" % (d[key],)
+
     g = parser.add_argument_group("shared by every example")
     g.add_argument("--out", metavar="DIR", default=d["out"],
                    help="run folder: args.json, train.log, results.json, checkpoints/ "
@@ -58,36 +63,36 @@ def add_common_arguments(parser, **defaults):
                    help="continue the run in DIR from its last checkpoint; flags not given "
                         "come from DIR/args.json, changed experiment flags are refused")
     g.add_argument("--epochs", type=int, default=d["epochs"],
-                   help="total epochs, counted from 1 (default %(default)s)")
+                   help="total epochs, counted from 1" + shown("epochs"))
     g.add_argument("--batch-size", type=int, default=d["batch_size"],
-                   help="samples per training step (default %(default)s)")
+                   help="samples per training step" + shown("batch_size"))
     g.add_argument("--optimizer", default=d["optimizer"],
-                   help="any mxnet optimizer name (default %(default)s)")
+                   help="any mxnet optimizer name" + shown("optimizer"))
     g.add_argument("--lr", type=float, default=d["lr"],
-                   help="learning rate (default %(default)s)")
+                   help="learning rate" + shown("lr"))
     g.add_argument("--momentum", type=float, default=d["momentum"],
-                   help="sgd/nag momentum (default %(default)s)")
-    g.add_argument("--wd", type=float, default=d["wd"], help="weight decay (default %(default)s)")
+                   help="sgd/nag momentum" + shown("momentum"))
+    g.add_argument("--wd", type=float, default=d["wd"], help="weight decay" + shown("wd"))
     g.add_argument("--lr-decay", type=float, default=d["lr_decay"],
-                   help="factor applied to lr after each of --lr-decay-epochs "
-                        "(default %(default)s)")
+                   help="factor applied to lr after each of --lr-decay-epochs"
+                        + shown("lr_decay"))
     g.add_argument("--lr-decay-epochs", default=d["lr_decay_epochs"], metavar="E1,E2",
-                   help="epochs after which lr is multiplied by --lr-decay "
-                        "(default %(default)r)")
+                   help="epochs after which lr is multiplied by --lr-decay"
+                        + shown("lr_decay_epochs"))
     g.add_argument("--seed", type=int, default=d["seed"],
-                   help="seeds initialisation and batch order (default %(default)s)")
+                   help="seeds initialisation and batch order" + shown("seed"))
     g.add_argument("--ctx", default=d["ctx"],
-                   help="cpu, gpu:0, or a list such as cpu:0,cpu:1 (default %(default)s)")
+                   help="cpu, gpu:0, or a list such as cpu:0,cpu:1" + shown("ctx"))
     g.add_argument("--gpus", default=d["gpus"], help="e.g. 0,1; wins over --ctx")
     g.add_argument("--kvstore", default=d["kvstore"],
-                   help="device | local | dist_sync (default %(default)s)")
+                   help="device | local | dist_sync" + shown("kvstore"))
     g.add_argument("--hybridize", action=argparse.BooleanOptionalAction,
                    default=d["hybridize"], help="hybridize networks and losses")
     g.add_argument("--class-weighting", choices=WEIGHTINGS, default=d["class_weighting"],
                    help="per-class weights of the softmax loss, from "
-                        "gluon_losses.class_weights (default %(default)s)")
+                        "gluon_losses.class_weights" + shown("class_weighting"))
     g.add_argument("--beta", type=float, default=d["beta"],
-                   help="beta of --class-weighting effective (default %(default)s)")
+                   help="beta of --class-weighting effective" + shown("beta"))
     g.add_argument("--max-iters", type=int, default=d["max_iters"], metavar="N",
                    help="stop each epoch after N iterations, 0 = no cap (smoke tests)")
     g.add_argument("--quiet", action="store_true", default=d["quiet"],
@@ -278,9 +283,7 @@ def load_checkpoint(directory, blocks, trainers, ctx):
 def get_logger(out_dir, quiet=False, name="train"):
     """A logger writing to ``out_dir/train.log`` and, unless ``quiet``, to stderr.
 
-    While progress bars are shown, wrap the loop in
-    ``tqdm.contrib.logging.logging_redirect_tqdm(loggers=[logger])`` so that console
-    lines are printed through tqdm and do not tear the bars.
+    While progress bars are shown, wrap the loop in :func:`console_through_tqdm`.
     """
     logger = logging.getLogger(name)
     logger.setLevel(logging.INFO)
@@ -297,3 +300,17 @@ def get_logger(out_dir, quiet=False, name="train"):
         logger.addHandler(handler)
     logger.propagate = False
     return logger
+
+
+def console_through_tqdm(logger):
+    """Context in which ``logger``'s console lines are printed through tqdm, so they do
+    not tear progress bars (``tqdm.contrib.logging.logging_redirect_tqdm``).
+
+    A logger without a console handler (``quiet``) is left alone: the tqdm context would
+    add one.
+    """
+    from tqdm.contrib.logging import logging_redirect_tqdm
+    console = [h for h in logger.handlers if type(h) is logging.StreamHandler]
+    if not console:
+        return contextlib.nullcontext()
+    return logging_redirect_tqdm(loggers=[logger])

@@ -2,6 +2,7 @@
 import argparse
 import os
 import random
+import re
 
 import numpy as np
 import mxnet as mx
@@ -126,3 +127,20 @@ def test_checkpoints_keep_only_the_newest_epoch_and_restore_it(tmp_path):
     record = common.load_checkpoint(str(tmp_path), {"net": net}, {"opt": trainer}, mx.cpu())
     assert record["epoch"] == 2 and record["history"] == [2]
     np.testing.assert_array_equal(net.weight.data().asnumpy(), saved)
+
+
+@pytest.mark.parametrize("quiet", [False, True])
+def test_logger_console_through_tqdm_and_quiet(tmp_path, capfd, quiet):
+    log = common.get_logger(str(tmp_path), quiet=quiet, name="test_common_%s" % quiet)
+    from tqdm import tqdm
+    with common.console_through_tqdm(log):
+        with tqdm(total=2, disable=quiet) as bar:
+            log.info("halfway %d", 1)
+            bar.update(2)
+    err = capfd.readouterr().err
+    assert ("halfway 1" in err) is not quiet
+    assert "halfway 1" in (tmp_path / "train.log").read_text()
+    if not quiet:
+        # printed through tqdm.write, with the file handler's time stamp format
+        line = [line for line in err.splitlines() if "halfway 1" in line][0]
+        assert re.match(r"\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d+ halfway 1$", line), line
