@@ -99,15 +99,11 @@ def test_relative_links_resolve():
 # Docs state results and how to reproduce them, not how a session went.
 CHATTER = re.compile(r"load average|\bcommits? [0-9a-f]{7,40}\b|an earlier version|"
                      r"other engineers|\btoday\b(?! \|)", re.IGNORECASE)
-# Moved verbatim from the README; its owner rewrites it (then drop it from this set).
-CHATTER_PENDING = {"docs/examples/faster_rcnn.md"}
 
 
 def test_no_lab_notebook_chatter():
     for path in MARKDOWN:
         name = os.path.relpath(path, ROOT)
-        if name in CHATTER_PENDING:
-            continue
         with open(path, encoding="utf-8") as handle:
             for number, line in enumerate(handle, 1):
                 assert not CHATTER.search(line), "%s:%d: %s" % (name, number, line.strip())
