@@ -1,4 +1,6 @@
 """Evaluation and report of the center-loss example: feature metrics, results, plots."""
+import os
+
 import numpy as np
 import mxnet as mx
 
@@ -135,6 +137,33 @@ def evaluate(net, centers, centers_source, x_train, y_train, x_test, y_test, num
     metrics["compactness_class_means"] = feature_metrics(features, y_test, means,
                                                          num_classes)["compactness"]
     return metrics, features, centers
+
+
+def evaluate_models(nets, learned_centers, train, test, ctx, minority, lam, class_names,
+                    out_dir):
+    """``{model: metrics}`` of both trained networks; draws ``out_dir/features_<model>.png``.
+
+    ``learned_centers`` are the CenterLoss centers of the "center" model; the softmax
+    model is measured against the class means of its training features.
+    """
+    (x_train, y_train), (x_test, y_test) = train, test
+    results = {}
+    for model in MODELS:
+        if model == "center":
+            centers, source = learned_centers, "learned CenterLoss centers"
+        else:
+            centers, source = None, "class means of training features"
+        metrics, features, centers = evaluate(
+            nets[model], centers, source, x_train, y_train, x_test, y_test,
+            len(class_names), ctx, minority)
+        results[model] = metrics
+        title = "%s (test set)\naccuracy %.3f, compactness %.3f" % (
+            LABELS[model], metrics["test_accuracy"], metrics["compactness"])
+        if model == "center":
+            title = title.replace("loss (", "loss, lambda=%g (" % lam)
+        plot_features(os.path.join(out_dir, "features_%s.png" % model), features, y_test,
+                      centers, title, class_names)
+    return results
 
 
 def summary_lines(results):

@@ -19,7 +19,7 @@ from examples import common
 from examples.center_loss import data as center_data
 from examples.center_loss import report
 from examples.center_loss.model import LeNetsPP
-from examples.center_loss.report import LABELS, MODELS
+from examples.center_loss.report import MODELS
 
 # Per data set: input size, channels per conv stage, epochs, epochs after which lr drops.
 DATASET_DEFAULTS = {
@@ -59,6 +59,44 @@ def build_models(num_classes, feature_dim, channels, convs_per_stage, size, clas
     center_loss = gluon_losses.CenterLoss(num_classes, feature_dim, alpha=alpha, weight=lam)
     center_loss.initialize(ctx=ctx)
     return nets, ce, center_loss
+
+
+def resolve_config(settings):
+    """``run``'s arguments with the data set's defaults filled in; with ``resume``, checked
+    against the resumed run's ``args.json`` (ValueError naming what differs)."""
+    config = dict(settings)
+    for key, value in DATASET_DEFAULTS[config["dataset"]].items():
+        if config[key] is None:
+            config[key] = value
+    if config["class_weighting"] is None:
+        config["class_weighting"] = "inverse" if config["imbalance"] > 1 else "none"
+    config["channels"], config["minority"] = list(config["channels"]), list(config["minority"])
+    if config["resume"]:
+        saved = common.read_json(os.path.join(config["resume"], common.ARGS))
+        common.merge_resumed(config, config, saved, RUNTIME)
+    return config
+
+
+def make_trainers(nets, center_loss, optimizer, optimizer_params, net_kv, center_kv,
+                  distributed):
+    """One ``gluon.Trainer`` for both networks and the ``CenterTrainer`` of the centers.
+
+    One trainer for both networks (their parameters are disjoint, so this is two
+    independent optimisations), so that dist_sync needs a single kvstore. Updates run on
+    the workers (``update_on_kvstore=False``), where the lr schedule lives.
+    """
+    net_params = nets["softmax"].collect_params()
+    net_params.update(nets["center"].collect_params())
+    net_trainer = gluon.Trainer(net_params, optimizer, optimizer_params, kvstore=net_kv,
+                                update_on_kvstore=False)
+    if distributed:
+        # gluon.Trainer broadcasts lazily inside its first step(), and on CPU the dist
+        # kvstore can let that step's gradient push overtake the broadcast's pull (MXNet
+        # 1.9; see docs/distributed.md). Broadcast now and wait.
+        net_trainer._init_kvstore()
+        net_trainer._init_params()
+        mx.nd.waitall()
+    return net_trainer, center_loss.trainer(kvstore=center_kv)
 
 
 def train_epoch(nets, ce, center_loss, net_trainer, center_trainer, x_train, y_train, order,
@@ -117,17 +155,7 @@ def run(out, dataset="digits", data_dir=None, size=None, channels=None, convs_pe
     ``DIR/checkpoints``; every setting outside :data:`RUNTIME` must equal DIR's ``args.json``.
     The other arguments are the command-line flags of the same names (docs/examples/center_loss.md).
     """
-    config = {k: v for k, v in locals().items() if k != "command"}
-    for key, value in DATASET_DEFAULTS[dataset].items():
-        if config[key] is None:
-            config[key] = value
-    if config["class_weighting"] is None:
-        config["class_weighting"] = "inverse" if imbalance > 1 else "none"
-    config["channels"], config["minority"] = list(config["channels"]), list(minority)
-    if resume:
-        saved = common.read_json(os.path.join(resume, common.ARGS))
-        config = common.merge_resumed(config, config, saved, RUNTIME)
-        config["out"] = out
+    config = resolve_config({k: v for k, v in locals().items() if k != "command"})
     size, epochs = config["size"], config["epochs"]
     class_weighting = config["class_weighting"]
     start_time = time.time()
@@ -173,21 +201,9 @@ def run(out, dataset="digits", data_dir=None, size=None, channels=None, convs_pe
         lr, lr_decay, config["lr_decay_epochs"], n_batches)}
     if optimizer in ("sgd", "nag"):
         opt_params["momentum"] = momentum
-    # One trainer for both networks (their parameters are disjoint, so this is two
-    # independent optimisations), so that dist_sync needs a single kvstore. Updates run
-    # on the workers (update_on_kvstore=False), where the lr schedule lives.
-    net_params = nets["softmax"].collect_params()
-    net_params.update(nets["center"].collect_params())
-    net_trainer = gluon.Trainer(net_params, optimizer, opt_params, kvstore=net_kv,
-                                update_on_kvstore=False)
-    if workers > 1 or "dist" in kvstore:
-        # gluon.Trainer broadcasts lazily inside its first step(), and on CPU the dist
-        # kvstore can let that step's gradient push overtake the broadcast's pull (MXNet
-        # 1.9; see docs/distributed.md). Broadcast now and wait.
-        net_trainer._init_kvstore()
-        net_trainer._init_params()
-        mx.nd.waitall()
-    center_trainer = center_loss.trainer(kvstore=center_kv)
+    net_trainer, center_trainer = make_trainers(nets, center_loss, optimizer, opt_params,
+                                                net_kv, center_kv,
+                                                workers > 1 or "dist" in kvstore)
     if hybridize:
         for block in (nets["softmax"], nets["center"], ce["softmax"], ce["center"], center_loss):
             block.hybridize(static_alloc=True)
@@ -261,22 +277,11 @@ def run(out, dataset="digits", data_dir=None, size=None, channels=None, convs_pe
                      "workers": workers, "mxnet": mx.__version__},
         "history": history,
     }
+    results.update(report.evaluate_models(
+        nets, center_loss.centers.data(contexts[0]).asnumpy(), (x_train, y_train),
+        (x_test, y_test), contexts, minority, lam, center_data.CLASS_NAMES[dataset],
+        out_private))
     for model in MODELS:
-        if model == "center":
-            centers = center_loss.centers.data(contexts[0]).asnumpy()
-            source = "learned CenterLoss centers"
-        else:
-            centers, source = None, "class means of training features"
-        metrics, features, centers = report.evaluate(
-            nets[model], centers, source, x_train, y_train, x_test, y_test, num_classes,
-            contexts, minority)
-        results[model] = metrics
-        title = "%s (test set)\naccuracy %.3f, compactness %.3f" % (
-            LABELS[model], metrics["test_accuracy"], metrics["compactness"])
-        if model == "center":
-            title = title.replace("loss (", "loss, lambda=%g (" % lam)
-        report.plot_features(os.path.join(out_private, "features_%s.png" % model), features,
-                             y_test, centers, title, center_data.CLASS_NAMES[dataset])
         nets[model].save_parameters(os.path.join(out_private, "%s-net.params" % model))
     center_loss.save_parameters(os.path.join(out_private, "centers.params"))
     if history:
