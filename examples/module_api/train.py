@@ -10,40 +10,16 @@ import re
 import numpy as np
 import mxnet as mx
 
-from gluon_losses import class_weights as cw
 from gluon_losses.symbol import WeightedCrossEntropy, center_state_name, with_center_update
+from examples.common import (CHECKPOINTS, RESULTS, class_weight_vector, lr_scheduler,
+                             set_seed, write_json)
 
 from . import data as datasets
-from examples.common import write_json
 
 from .model import lenet_center, rcnn_head
 from .report import center_metrics, classification_metrics
 
-CHECKPOINTS = "checkpoints"
 TASKS = ("rcnn", "center")
-WEIGHTINGS = ("none", "inverse", "median", "effective")
-
-
-def class_weight_vector(kind, counts, beta=0.999):
-    """Per-class weights by ``--class-weighting`` ``kind``, or None for ``'none'``."""
-    if kind == "none":
-        return None
-    if kind == "inverse":
-        return cw.inverse_frequency(counts)
-    if kind == "median":
-        return cw.median_frequency(counts)
-    if kind == "effective":
-        return cw.effective_number(counts, beta=beta)
-    raise ValueError("class_weighting must be one of %s, got %r" % (WEIGHTINGS, kind))
-
-
-def lr_scheduler(lr, decay, decay_epochs, iters_per_epoch):
-    """``MultiFactorScheduler`` multiplying ``lr`` by ``decay`` after each epoch in
-    ``decay_epochs`` (numbered from 1), or None."""
-    if not decay_epochs:
-        return None
-    return mx.lr_scheduler.MultiFactorScheduler(
-        step=[e * iters_per_epoch for e in decay_epochs], factor=decay, base_lr=lr)
 
 
 def last_checkpoint(prefix):
@@ -117,8 +93,7 @@ def run_rcnn(out, contexts, kvstore="device", epochs=16, batch_size=16, optimize
              momentum=0.9, wd=1e-4, lr_decay=0.1, lr_decay_epochs=(), class_weighting="inverse",
              beta=0.999, max_iters=0, seed=0, resume=False, log=None):
     """Train the RCNN-style head on generated RoIs; returns its results (a dict)."""
-    mx.random.seed(seed)
-    np.random.seed(seed)
+    set_seed(seed)
     (x_train, y_train), (x_test, y_test) = (datasets.roi_batches(256, seed=seed + 1),
                                             datasets.roi_batches(64, seed=seed + 2))
     num_classes = int(y_train.max()) + 1
@@ -149,8 +124,7 @@ def run_center(out, contexts, kvstore="device", epochs=16, batch_size=64, optimi
                beta=0.999, max_iters=0, seed=0, resume=False, weight=0.01, alpha=0.5,
                feature_dim=2, log=None):
     """Train the LeNet-style network with softmax + center loss on digits; returns results."""
-    mx.random.seed(seed)
-    np.random.seed(seed)
+    set_seed(seed)
     (x_train, y_train), (x_test, y_test) = datasets.digits()
     num_classes = 10
     counts = datasets.class_counts(y_train, num_classes)
@@ -197,5 +171,5 @@ def run(out, tasks=TASKS, log=None, **settings):
             log.info("%s: accuracy %.4f, balanced accuracy %.4f", task,
                      results[task]["accuracy"], results[task]["balanced_accuracy"])
     if all(task_results["worker"] == 0 for task_results in results.values()):
-        write_json(os.path.join(out, "results.json"), results)
+        write_json(os.path.join(out, RESULTS), results)
     return results
