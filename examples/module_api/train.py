@@ -11,8 +11,8 @@ import numpy as np
 import mxnet as mx
 
 from gluon_losses.symbol import WeightedCrossEntropy, center_state_name, with_center_update
-from examples.common import (CHECKPOINTS, RESULTS, class_weight_vector, lr_scheduler,
-                             set_seed, write_json)
+from examples.common import (CHECKPOINTS, RESULTS, atomic_write, class_weight_vector,
+                             lr_scheduler, set_seed, write_json)
 
 from . import data as datasets
 
@@ -22,11 +22,30 @@ from .report import center_metrics, classification_metrics
 TASKS = ("rcnn", "center")
 
 
+def checkpoint_epochs(prefix):
+    """The epochs saved under ``prefix`` (``<prefix>-NNNN.params``), oldest first."""
+    matches = (re.match(r".*-(\d{4})\.params$", path)
+               for path in glob.glob(prefix + "-*.params"))
+    return sorted(int(m.group(1)) for m in matches if m)
+
+
 def last_checkpoint(prefix):
-    """The newest epoch saved under ``prefix`` by ``mod.save_checkpoint``, or 0."""
-    epochs = [int(m.group(1)) for m in (re.match(r".*-(\d{4})\.params$", path)
-                                        for path in glob.glob(prefix + "-*.params")) if m]
-    return max(epochs, default=0)
+    """The newest epoch saved under ``prefix``, or 0."""
+    return max(checkpoint_epochs(prefix), default=0)
+
+
+def save_checkpoint(mod, prefix, epoch, optimizer_states=True):
+    """Module's checkpoint files (what ``Module.load`` reads), each written by an atomic
+    rename, parameters last; then the files of earlier epochs are deleted."""
+    atomic_write("%s-symbol.json" % prefix, mod.symbol.save)
+    if optimizer_states:
+        atomic_write("%s-%04d.states" % (prefix, epoch), mod.save_optimizer_states)
+    atomic_write("%s-%04d.params" % (prefix, epoch), mod.save_params)
+    for old in checkpoint_epochs(prefix):
+        for suffix in ("params", "states"):
+            path = "%s-%04d.%s" % (prefix, old, suffix)
+            if old != epoch and os.path.exists(path):
+                os.remove(path)
 
 
 def fit(symbol, train, contexts, kvstore, optimizer, epochs, prefix, eval_metric,
@@ -34,8 +53,8 @@ def fit(symbol, train, contexts, kvstore, optimizer, epochs, prefix, eval_metric
     """``mod.fit`` for ``epochs`` epochs (numbered from 1) with a checkpoint after each.
 
     With ``resume``, the newest checkpoint under ``prefix`` (parameters and, but for
-    ``dist_sync`` runs, optimizer states, written by ``mod.save_checkpoint``) is loaded
-    and training continues from the epoch after it. Returns the Module.
+    ``dist_sync`` runs, optimizer states; see :func:`save_checkpoint`) is loaded and
+    training continues from the epoch after it. Returns the Module.
     """
     log = log or logging.getLogger(__name__)
     begin = last_checkpoint(prefix) if resume else 0
@@ -54,7 +73,7 @@ def fit(symbol, train, contexts, kvstore, optimizer, epochs, prefix, eval_metric
         # dist_sync workers hold the same parameters, and the optimizer states live on
         # the servers, where a worker cannot save them.
         if worker_rank(kvstore) == 0:
-            mod.save_checkpoint(prefix, epoch + 1, save_optimizer_states=not distributed)
+            save_checkpoint(mod, prefix, epoch + 1, optimizer_states=not distributed)
 
     mod.fit(train, eval_metric=eval_metric, kvstore=kvstore, optimizer=optimizer,
             optimizer_params=optimizer_params, initializer=initializer, begin_epoch=begin,

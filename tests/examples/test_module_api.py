@@ -84,3 +84,11 @@ def test_center_network_on_two_dist_sync_workers(tmp_path):
     # Eq. 4 counted every sample of both workers: 2 epochs x 3 batches x 32 x 2 workers.
     assert sum(saved["center_update_counts"]) == 2 * 3 * 32 * 2
     assert last_checkpoint(str(tmp_path / "checkpoints" / "center")) == 2
+
+
+def test_checkpoints_keep_only_the_newest_epoch(tmp_path):
+    run_center(str(tmp_path), epochs=3, max_iters=2, contexts=[mx.cpu()])
+    names = sorted(os.listdir(str(tmp_path / "checkpoints")))
+    assert names == ["center-0003.params", "center-0003.states", "center-symbol.json"]
+    loaded = mx.mod.Module.load(str(tmp_path / "checkpoints" / "center"), 3)
+    assert "center_state" in loaded.symbol.list_arguments()
