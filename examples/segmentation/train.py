@@ -11,6 +11,7 @@ to. A resumed run ends with the same parameters, bit for bit, as an uninterrupte
   travel in the trainer states;
 - images are read without random augmentation.
 """
+import logging
 import os
 import time
 
@@ -19,11 +20,10 @@ import mxnet as mx
 from mxnet import autograd, gluon
 
 from gluon_losses import MixWeightedSoftmaxCELoss
-from examples.common import load_checkpoint, save_checkpoint, write_json
+from examples import common
 from examples.segmentation import evaluate
 from examples.segmentation.model import build_fcn, initialize
 
-CHECKPOINT_DIR = "checkpoints"
 # GluonCV's segmentation scripts normalise with the ImageNet statistics.
 MEAN = np.array([0.485, 0.456, 0.406], dtype=np.float32)
 STD = np.array([0.229, 0.224, 0.225], dtype=np.float32)
@@ -45,6 +45,25 @@ def _epoch_seed(seed, epoch):
     return seed * 1000003 + epoch
 
 
+def train_epoch(net, criterion, trainer, images, labels, batches, ctx, desc, quiet):
+    """One pass over ``batches`` (index arrays); returns the mean loss per image."""
+    from tqdm import tqdm
+    total, seen = 0.0, 0
+    bar = tqdm(batches, desc=desc, leave=False, disable=quiet, dynamic_ncols=True)
+    for index in bar:
+        xs = gluon.utils.split_and_load(images[index], ctx, even_split=False)
+        ys = gluon.utils.split_and_load(labels[index], ctx, even_split=False)
+        with autograd.record():
+            losses = [criterion(*net(x), y) for x, y in zip(xs, ys)]
+        autograd.backward(losses)
+        trainer.step(len(index))
+        total += sum(float(l.sum().asscalar()) for l in losses)
+        seen += len(index)
+        bar.set_postfix(loss="%.4f" % (total / seen))
+    bar.close()
+    return total / max(seen, 1)
+
+
 def train_run(out, train_data, test_data, num_class, class_weight, seed=0, epochs=10,
               batch_size=16, optimizer="sgd", lr=0.05, momentum=0.9, wd=1e-4, lr_decay=0.1,
               lr_decay_epochs=(), aux_weight=0.2, normalization="weight",
@@ -64,6 +83,8 @@ def train_run(out, train_data, test_data, num_class, class_weight, seed=0, epoch
         Weights of both heads' losses (``MixWeightedSoftmaxCELoss``).
     resume : bool
         Continue from ``out/checkpoints`` when it holds a checkpoint.
+    log : logging.Logger or None
+        Receives one line per epoch.
     display_indices : sequence of int
         Test images whose predicted masks are kept in ``predictions.npz``.
     seed, epochs, batch_size, optimizer, lr, momentum, wd, lr_decay, lr_decay_epochs,
@@ -76,8 +97,7 @@ def train_run(out, train_data, test_data, num_class, class_weight, seed=0, epoch
     dict, the content of ``results.json``: ``history`` (per epoch: mean training
     loss, test pixel accuracy, per-class IoU, mIoU, seconds) and ``final``.
     """
-    from tqdm import tqdm
-    log = log or (lambda *a: None)
+    log = log or logging.getLogger(__name__)
     ctx = list(ctx)
     x_train, y_train = to_network_input(train_data[0]), train_data[1].astype(np.float32)
     x_test, y_test = to_network_input(test_data[0]), test_data[1]
@@ -87,10 +107,8 @@ def train_run(out, train_data, test_data, num_class, class_weight, seed=0, epoch
     initialize(net, ctx, seed)
     iters = len(batch_order(len(x_train), batch_size, seed, 1))
     iters = min(iters, max_iters) if max_iters else iters
-    schedule = mx.lr_scheduler.MultiFactorScheduler(
-        step=[int(e) * iters for e in lr_decay_epochs], factor=lr_decay, base_lr=lr) \
-        if lr_decay_epochs else None
-    opt_args = {"learning_rate": lr, "wd": wd, "lr_scheduler": schedule}
+    opt_args = {"learning_rate": lr, "wd": wd,
+                "lr_scheduler": common.lr_scheduler(lr, lr_decay, lr_decay_epochs, iters)}
     if optimizer in ("sgd", "nag"):
         opt_args["momentum"] = momentum
     trainer = gluon.Trainer(net.collect_params(), optimizer, opt_args, kvstore=kvstore)
@@ -101,42 +119,30 @@ def train_run(out, train_data, test_data, num_class, class_weight, seed=0, epoch
         net.hybridize(static_alloc=True)
         criterion.hybridize(static_alloc=True)
 
-    ckpt_dir = os.path.join(out, CHECKPOINT_DIR)
+    ckpt_dir = os.path.join(out, common.CHECKPOINTS)
     history, start = [], 1
     if resume and os.path.exists(os.path.join(ckpt_dir, "checkpoint.json")):
-        record = load_checkpoint(ckpt_dir, {"net": net}, {"trainer": trainer}, ctx)
+        record = common.load_checkpoint(ckpt_dir, {"net": net}, {"trainer": trainer}, ctx)
         history, start = record["history"], record["epoch"] + 1
-        log("%s: resumed after epoch %d" % (out, record["epoch"]))
+        log.info("%s: resumed after epoch %d", out, record["epoch"])
 
-    for epoch in range(start, epochs + 1):
-        mx.random.seed(_epoch_seed(seed, epoch))
-        tic = time.time()
-        batches = batch_order(len(x_train), batch_size, seed, epoch)[:iters]
-        total, seen = 0.0, 0
-        bar = tqdm(batches, desc="%s epoch %d/%d" % (os.path.basename(out), epoch, epochs),
-                   leave=False, disable=quiet, dynamic_ncols=True)
-        for index in bar:
-            xs = gluon.utils.split_and_load(x_train[index], ctx, even_split=False)
-            ys = gluon.utils.split_and_load(y_train[index], ctx, even_split=False)
-            with autograd.record():
-                losses = [criterion(*net(x), y) for x, y in zip(xs, ys)]
-            autograd.backward(losses)
-            trainer.step(len(index))
-            total += sum(float(l.sum().asscalar()) for l in losses)
-            seen += len(index)
-            bar.set_postfix(loss="%.4f" % (total / seen))
-        bar.close()
-        matrix = evaluate.confusion_matrix_of(net, x_test, y_test, num_class, ctx[0])
-        scores = evaluate.scores(matrix)
-        history.append({"epoch": epoch, "train_loss": total / max(seen, 1),
-                        "lr": trainer.learning_rate, "seconds": time.time() - tic,
-                        "pixel_accuracy": scores["pixel_accuracy"], "iou": scores["iou"],
-                        "miou": scores["miou"]})
-        log("%s epoch %d: loss %.4f  test mIoU %.4f  IoU %s  (%.1fs)" % (
-            os.path.basename(out), epoch, history[-1]["train_loss"], scores["miou"],
-            " ".join("%.3f" % v for v in scores["iou"]), history[-1]["seconds"]))
-        save_checkpoint(ckpt_dir, epoch, {"net": net}, {"trainer": trainer},
-                        meta={"history": history})
+    with common.console_through_tqdm(log):
+        for epoch in range(start, epochs + 1):
+            mx.random.seed(_epoch_seed(seed, epoch))
+            tic = time.time()
+            loss = train_epoch(net, criterion, trainer, x_train, y_train,
+                               batch_order(len(x_train), batch_size, seed, epoch)[:iters], ctx,
+                               "%s epoch %d/%d" % (os.path.basename(out), epoch, epochs), quiet)
+            scores = evaluate.scores(
+                evaluate.confusion_matrix_of(net, x_test, y_test, num_class, ctx[0]))
+            history.append({"epoch": epoch, "train_loss": loss, "lr": trainer.learning_rate,
+                            "seconds": time.time() - tic, "miou": scores["miou"],
+                            "iou": scores["iou"], "pixel_accuracy": scores["pixel_accuracy"]})
+            log.info("%s epoch %d: loss %.4f  test mIoU %.4f  IoU %s  (%.1fs)",
+                     os.path.basename(out), epoch, loss, scores["miou"],
+                     " ".join("%.3f" % v for v in scores["iou"]), history[-1]["seconds"])
+            common.save_checkpoint(ckpt_dir, epoch, {"net": net}, {"trainer": trainer},
+                                   meta={"history": history})
 
     matrix = evaluate.confusion_matrix_of(net, x_test, y_test, num_class, ctx[0])
     final = evaluate.scores(matrix)
@@ -149,5 +155,5 @@ def train_run(out, train_data, test_data, num_class, class_weight, seed=0, epoch
         predicted = evaluate.predict(net, x_test[indices], ctx[0])
         np.savez_compressed(os.path.join(out, "predictions.npz"), indices=indices,
                             predicted=predicted.astype(np.uint8))
-    write_json(os.path.join(out, "results.json"), results)
+    common.write_json(os.path.join(out, common.RESULTS), results)
     return results
