@@ -54,7 +54,8 @@ def build_parser():
                    help="runs per weighting, seeds SEED .. SEED+N-1 (default %(default)s)")
     g.add_argument("--data-dir", default=None,
                    help="where the generated VOC2012 folder is cached (default OUT/data)")
-    g.add_argument("--num-train", type=int, default=640, help="training images (default %(default)s)")
+    g.add_argument("--num-train", type=int, default=640,
+                   help="training images (default %(default)s)")
     g.add_argument("--num-test", type=int, default=160,
                    help="held-out test images (default %(default)s)")
     g.add_argument("--image-size", type=int, default=64,
