@@ -10,6 +10,7 @@ import os
 import subprocess
 import sys
 import textwrap
+import types
 
 import numpy as np
 import pytest
@@ -36,7 +37,11 @@ def graph_path(monkeypatch):
 
 
 def _on_graph(test):
-    return pytest.mark.usefixtures("graph_path")(test)
+    """A copy of ``test`` (marks and parameters included) that runs on the graph."""
+    copy = types.FunctionType(test.__code__, test.__globals__, test.__name__ + "_on_graph",
+                              test.__defaults__, test.__closure__)
+    copy.__dict__.update(test.__dict__)
+    return pytest.mark.usefixtures("graph_path")(copy)
 
 
 # Hypothesis refuses function-scoped fixtures; the property test stays on the default path

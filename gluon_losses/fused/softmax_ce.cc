@@ -193,19 +193,29 @@ void strided_stats(const float* x, int64_t count, int64_t C, int64_t inner, floa
 // a reduction over a handful of contiguous classes leaves most vector lanes idle.
 constexpr int64_t kFewClasses = 32;
 
+// Rows of few classes, transposed into `tile` (class-major, `count` positions a class).
+GL_MULTIVERSION
+void rows_to_tile(const float* x, int64_t count, int64_t C, float* tile) {
+  for (int64_t t = 0; t < count; ++t)
+    for (int64_t c = 0; c < C; ++c) tile[c * count + t] = x[t * C + c];
+}
+
+// g (rows) = tile * ratio - offset, per position: the gradient written back in one pass.
+GL_MULTIVERSION
+void tile_to_rows_scaled(const float* tile, int64_t count, int64_t C, const float* ratio,
+                         const float* offset, float* g) {
+  for (int64_t t = 0; t < count; ++t)
+    for (int64_t c = 0; c < C; ++c) g[t * C + c] = tile[c * count + t] * ratio[t] - offset[t];
+}
+
 // Row layout: each position's C classes are contiguous. `exps` is in row layout too.
 GL_MULTIVERSION
 void row_stats(const float* x, int64_t count, int64_t C, float* maxes, float* sums,
                float* exps, float* logit_sums) {
-  if (C <= kFewClasses) {
+  if (C <= kFewClasses && !exps) {
     float tile[kFewClasses * kBlock];
-    for (int64_t t = 0; t < count; ++t)
-      for (int64_t c = 0; c < C; ++c) tile[c * count + t] = x[t * C + c];
-    strided_stats_body(tile, count, C, count, maxes, sums, exps ? tile : nullptr, logit_sums);
-    if (exps) {
-      for (int64_t t = 0; t < count; ++t)
-        for (int64_t c = 0; c < C; ++c) exps[t * C + c] = tile[c * count + t];
-    }
+    rows_to_tile(x, count, C, tile);
+    strided_stats_body(tile, count, C, count, maxes, sums, nullptr, logit_sums);
     return;
   }
   for (int64_t t = 0; t < count; ++t) {
@@ -566,9 +576,14 @@ MXReturnValue backward(const std::unordered_map<std::string, std::string>& attrs
     block_at(geo, b, &first, &count, &offset);
     float maxes[kBlock], sums[kBlock], ratio[kBlock], offset_of[kBlock], coef[kBlock];
     int64_t classes[kBlock];
+    float tile[kFewClasses * kBlock];
     const float* x = in.pred + offset;
     float* g = grad + offset;
-    if (geo.inner == 1) {
+    const bool tiled = geo.inner == 1 && geo.C <= kFewClasses;
+    if (tiled) {
+      rows_to_tile(x, count, geo.C, tile);
+      strided_stats(tile, count, geo.C, count, maxes, sums, tile, nullptr);
+    } else if (geo.inner == 1) {
       row_stats(x, count, geo.C, maxes, sums, g, nullptr);
     } else {
       strided_stats(x, count, geo.C, geo.inner, maxes, sums, g, nullptr);
@@ -583,7 +598,9 @@ MXReturnValue backward(const std::unordered_map<std::string, std::string>& attrs
       ratio[t] = coef[t] / sums[t];
       offset_of[t] = coef[t] * uniform;
     }
-    if (geo.inner == 1) {
+    if (tiled) {
+      tile_to_rows_scaled(tile, count, geo.C, ratio, offset_of, g);
+    } else if (geo.inner == 1) {
       row_scale(g, count, geo.C, ratio, offset_of);
     } else {
       strided_scale(g, count, geo.C, geo.inner, ratio, offset_of);
