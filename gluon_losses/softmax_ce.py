@@ -308,7 +308,7 @@ class WeightedSoftmaxCELoss(SerializedFirstCall, Loss):
         if fused not in (None, True, False):
             raise ValueError("fused must be None, True or False, got %r" % (fused,))
         self._fused_wanted = fused
-        self._fused_context = None  # the context the current path was chosen for
+        self._fused_device = None  # the device type the current path was chosen for
         self._use_fused = False  # symbolic composition alone gets built-in operators
         if class_weight is not None:
             weights = as_weight_vector("class_weight", class_weight)
@@ -336,7 +336,7 @@ class WeightedSoftmaxCELoss(SerializedFirstCall, Loss):
         if isinstance(pred, mx.nd.NDArray):
             pred, label, sample_weight = self._prepare(pred, label, sample_weight)
             context = pred.context
-            if context != self._fused_context:
+            if context.device_type != self._fused_device:
                 self._choose_path(context)
         return super().forward(pred, label, sample_weight)
 
@@ -358,7 +358,7 @@ class WeightedSoftmaxCELoss(SerializedFirstCall, Loss):
         if self._use_fused != (why is None):
             self._clear_cached_op()  # a graph built for the other path
         self._use_fused = why is None
-        self._fused_context = context
+        self._fused_device = context.device_type
 
     def _prepare(self, pred, label, sample_weight):
         """NDArray-level checks and shape conventions, run before graph or imperative code.
