@@ -11,6 +11,7 @@ import subprocess
 import sys
 import textwrap
 import types
+import zlib
 
 import numpy as np
 import pytest
@@ -102,7 +103,8 @@ def _both_paths(kwargs, pred, label, sample_weight, hybridize):
 def test_paths_agree_with_each_other_and_the_reference(shape, axis, batch_axis, normalization,
                                                       weighted, sample_kind, smoothing,
                                                       ignore_label):
-    rng = np.random.RandomState(abs(hash((shape, axis, normalization, sample_kind))) % 2**31)
+    rng = np.random.RandomState(zlib.crc32(repr((shape, axis, normalization, sample_kind,
+                                                 smoothing)).encode()))
     pred, label, class_weight = random_case(shape, axis, seed=rng.randint(2**31),
                                             ignore_label=-1 if ignore_label is None else ignore_label)
     sample_weight = _sample_weight(sample_kind, label.shape, batch_axis, rng)
@@ -115,7 +117,9 @@ def test_paths_agree_with_each_other_and_the_reference(shape, axis, batch_axis, 
         kwargs, pred, label, sample_weight, hybridize=normalization != "none")
     expected = reference.softmax_ce(pred, label, sample_weight=sample_weight, **kwargs)
     assert_close_to_float32(fused_value, expected, rtol=1e-5, atol=1e-6)
-    assert_close_to_float32(fused_value, graph_value, rtol=1e-5, atol=1e-6)
+    # The graph's float32 log_softmax along the last axis errs by ~4e-6 of the largest
+    # log-probability, times the weights.
+    assert_close_to_float32(graph_value, fused_value, rtol=1e-5, atol=1e-5)
     expected_grad = reference.numeric_gradient(
         lambda x: reference.softmax_ce(x, label, sample_weight=sample_weight, **kwargs).sum(),
         pred.astype(np.float64))

@@ -2,7 +2,8 @@
 
 ``softmax_ce.cc`` beside this file is compiled against the installed MXNet's own
 ``lib_api.h`` and ``lib_api.cc`` into a shared library that ``mx.library.load``
-registers as the operator ``gluon_losses_softmax_ce``. The build is cached in
+registers as the operator ``gluon_losses_softmax_ce`` (through the C call behind
+``mx.library.load``, see :func:`_load`). The build is cached in
 ``$GLUON_LOSSES_CACHE`` (default ``$XDG_CACHE_HOME/gluon_losses``, else
 ``~/.cache/gluon_losses``) under a name keyed on the MXNet version, the compiler and
 the source, so it happens once per machine and environment.
@@ -11,6 +12,7 @@ the source, so it happens once per machine and environment.
 loading it on first call); :func:`softmax_ce` adds it to an ``mx.nd`` or ``mx.sym``
 graph. Nothing is built or loaded when ``GLUON_LOSSES_FUSED=0``.
 """
+import ctypes
 import hashlib
 import logging
 import os
@@ -21,6 +23,9 @@ import tempfile
 import threading
 
 import mxnet as mx
+from mxnet.base import _LIB, OpHandle, c_str, check_call, mx_uint
+from mxnet.ndarray.register import _make_ndarray_function
+from mxnet.symbol.register import _make_symbol_function
 
 __all__ = ["OP_NAME", "available", "unavailable_reason", "softmax_ce", "library_path",
            "load_cached", "log_path_once"]
@@ -115,7 +120,21 @@ def _build(compiler, target):
 
 
 def _load(path):
-    mx.library.load(path, verbose=False)
+    """``mx.library.load(path)``, binding Python functions for this one operator only.
+
+    ``mx.library.load`` regenerates the functions of every registered operator, which
+    takes about a second; registering the library and binding one name is enough.
+    """
+    if not os.path.isabs(path):
+        raise OSError("the library path must be absolute, got %r" % path)
+    check_call(_LIB.MXLoadLib(c_str(path), mx_uint(0)))
+    handle = OpHandle()
+    check_call(_LIB.NNGetOpHandle(c_str(OP_NAME), ctypes.byref(handle)))
+    for package, make_function in ((mx.ndarray, _make_ndarray_function),
+                                   (mx.symbol, _make_symbol_function)):
+        function = make_function(handle, OP_NAME, OP_NAME)
+        for module in (package, package.op):
+            setattr(module, OP_NAME, function)
     _state["loaded"] = True
 
 
