@@ -264,7 +264,7 @@ def measure_peak_extra_mib(name, shape, axis):
 def peak_memory_table(case):
     """{contender: peak extra MiB} for ``case``, each measured in a fresh process."""
     case_name, shape, axis = case
-    names = list(contenders((2, 3), -1, np.ones(3), numpy_customop=False))
+    names = list(contenders((2, 3), -1, np.ones(3)))
     names += [UNTRANSPOSED] if axis % len(shape) != len(shape) - 1 else []
     names += [TORCH] if load_torch() is not None else []
     table = {}
@@ -298,19 +298,23 @@ def main(argv=None):
           " %d threads (OMP_NUM_THREADS=%s), PyTorch %s" % (
               rounds, BASELINE, torch_threads(), os.environ.get("OMP_NUM_THREADS", "unset"),
               torch.__version__ if torch is not None else "not installed"))
-    print("| shape | loss | ms | ratio |")
-    print("|---|---|---:|---:|")
+    print("peak MiB: resident memory added by the first forward+backward, in a fresh process")
+    print("| shape | loss | ms | ratio | peak MiB |")
+    print("|---|---|---:|---:|---:|")
     results = {}
-    for case_name, shape, axis in CASES:
+    for case in CASES:
+        case_name, shape, axis = case
         # Small calls take turns 15 at a time, as a training loop makes them.
         medians = run_case(shape, axis, rounds, calls_per_turn=15 if np.prod(shape) < 1e5 else 1)
-        results[case_name] = medians
+        memory = {} if args.no_memory else peak_memory_table(case)
+        results[case_name] = {"seconds": medians, "peak_mib": memory}
         for name, seconds in medians.items():
-            print("| %s | %s | %.3f | %.2fx |" % (case_name, name, seconds * 1e3,
-                                                  seconds / medians[BASELINE]))
+            print("| %s | %s | %.3f | %.2fx | %s |" % (
+                case_name, name, seconds * 1e3, seconds / medians[BASELINE],
+                "%.1f" % memory[name] if name in memory else ""))
         if TORCH in medians and FUSED in medians:
-            print("| %s | fused / PyTorch | | %.2fx |" % (case_name,
-                                                          medians[FUSED] / medians[TORCH]))
+            print("| %s | fused / PyTorch | | %.2fx | |" % (case_name,
+                                                            medians[FUSED] / medians[TORCH]))
     if not args.no_memory:
         print("\npeak extra memory of the first forward+backward, %s, each in a fresh process"
               % MEMORY_CASE[0])
