@@ -16,7 +16,6 @@ import zlib
 import numpy as np
 import pytest
 import mxnet as mx
-from mxnet import autograd, gluon
 
 from gluon_losses import WeightedSoftmaxCELoss, fused
 import reference
