@@ -243,7 +243,8 @@ def test_fused_argument_is_checked():
 # --- fresh processes: environment switch, no compiler, cache reuse, export ---------------
 
 def _run_python(code, **env):
-    environment = dict(os.environ, PYTHONPATH=ROOT, **env)
+    environment = {key: value for key, value in os.environ.items() if key != fused.ENV_SWITCH}
+    environment.update(PYTHONPATH=ROOT, **env)
     result = subprocess.run([sys.executable, "-c", textwrap.dedent(code)], cwd=ROOT,
                             env=environment, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                             universal_newlines=True, timeout=300)
