@@ -30,6 +30,31 @@ def set_seed(seed):
     mx.random.seed(seed)
 
 
+WEIGHTINGS = ("none", "inverse", "median", "effective")
+
+
+def class_weight_vector(weighting, counts, beta=0.999):
+    """``--class-weighting`` by name: float32 per-class weights from ``counts``, or None.
+
+    ``weighting`` is ``'none'`` (None: unweighted), ``'inverse'``, ``'median'`` or
+    ``'effective'`` (``beta`` is the effective-number beta), the estimators of
+    ``gluon_losses.class_weights``.
+    """
+    from gluon_losses import class_weights as cw
+    if weighting == "none":
+        return None
+    if weighting == "inverse":
+        weights = cw.inverse_frequency(counts)
+    elif weighting == "median":
+        weights = cw.median_frequency(counts)
+    elif weighting == "effective":
+        weights = cw.effective_number(counts, beta=beta)
+    else:
+        raise ValueError("class weighting must be one of %s, got %r"
+                         % (", ".join(WEIGHTINGS), weighting))
+    return np.asarray(weights, dtype=np.float32)
+
+
 def atomic_write(path, write):
     """Call ``write(tmp_path)`` and move the result onto ``path`` in one rename.
 
