@@ -36,9 +36,11 @@ def build_parser():
         prog="python -m examples.faster_rcnn", argument_default=argparse.SUPPRESS,
         description="Faster R-CNN (GluonCV) with a class-weighted RCNN classification loss.")
     g = p.add_argument_group("data")
-    _add(g, "--dataset", nargs="+", metavar="ARG",
-         help="'shapes' (generated, imbalanced), 'voc' (VOCdevkit under --data-root) or "
-              "'lst TRAIN.lst [TEST.lst]' (GluonCV LstDetection)")
+    _add(g, "--dataset", choices=T.data.SOURCES,
+         help="'shapes': generated, imbalanced; 'voc': VOCdevkit under --data-root; "
+              "'lst': GluonCV LstDetection on --lst-train / --lst-test")
+    _add(g, "--lst-train", metavar="FILE", help="lst: training .lst file")
+    _add(g, "--lst-test", metavar="FILE", help="lst: test .lst file (none: no evaluation)")
     _add(g, "--data-root", help="voc: folder holding VOC2007/ (and VOC2012/); lst: image root "
                                 "(default: the .lst file's folder); shapes: cache folder "
                                 "(default data/shapes)")
@@ -120,14 +122,6 @@ def parse_config(argv=None):
     from its checkpoint, and changed experiment flags are refused."""
     p = build_parser()
     given = vars(p.parse_args(argv))
-    if "dataset" in given:
-        source, *files = given["dataset"]
-        if source == "lst" and not 1 <= len(files) <= 2:
-            p.error("--dataset lst takes TRAIN.lst and optionally TEST.lst, got %r" % files)
-        if source != "lst" and files:
-            p.error("--dataset %s takes no files, got %r" % (source, files))
-        given.update(dataset=source, lst_train=files[0] if files else None,
-                     lst_test=files[1] if len(files) > 1 else None)
     try:
         if "resume" not in given:
             return T.Config(**given)
