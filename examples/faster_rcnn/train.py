@@ -337,6 +337,39 @@ def _epoch_line(entry, classes):
 
 # --------------------------------------------------------------------------- training
 
+def _train_epoch(epoch, loader, iters, batch_size, schedule, step, executor, trainer, ctx,
+                 show_progress):
+    """One epoch of at most ``iters`` steps; returns ``[mx.metric.Loss]`` per loss name,
+    each the mean of that loss per image."""
+    from tqdm import tqdm
+    metrics = [mx.metric.Loss(name) for name in LOSS_NAMES]
+    with tqdm(total=iters, desc="epoch %d" % epoch, leave=False, disable=not show_progress,
+              file=sys.stderr) as bar:
+        for it, batch in enumerate(loader):
+            if it >= iters:
+                break
+            trainer.set_learning_rate(schedule((epoch - 1) * iters + it + 1))
+            parts = shards(batch, ctx)
+            # The first call of an epoch traces what is hybridized (the losses once, the
+            # network after each re-hybridize). Two threads tracing one block collide (a
+            # block keeps one name scope for all threads): that call runs here, alone.
+            alone = 1 if it == 0 else 0
+            losses = [step.forward_backward(shard) for shard in parts[:alone]]
+            for shard in parts[alone:]:
+                executor.put(shard)
+            losses += [executor.get() for _ in parts[alone:]]
+            trainer.step(batch_size)
+            for k, metric in enumerate(metrics):
+                metric.update(None, [shard_losses[k] for shard_losses in losses])
+            if not all(np.isfinite(m.sum_metric) for m in metrics):
+                raise FloatingPointError(
+                    "non-finite loss in epoch %d, iteration %d: running sums %s"
+                    % (epoch, it + 1, {m.name: m.sum_metric for m in metrics}))
+            bar.update(1)
+            bar.set_postfix({m.name: "%.3f" % m.get()[1] for m in metrics})
+    return metrics
+
+
 def train(config):
     """Run the experiment ``config`` describes; returns what ``OUT/results.json`` holds.
 
@@ -348,7 +381,6 @@ def train(config):
     """
     from gluoncv.utils.parallel import Parallel
     from gluoncv.utils.random import seed as seed_all
-    from tqdm import tqdm
     start = time.time()
     hvd = _setup_horovod() if config.horovod else None
     rank0 = hvd is None or hvd.rank() == 0
@@ -419,7 +451,11 @@ def train(config):
                            config.lr_warmup, iters)
     step = DetectionStep(net, make_losses(config.rcnn_cls_loss, class_weight), weighted,
                          trainer, config.amp)
-    executor = Parallel(len(ctx) if len(ctx) > 1 else 0, step)
+    # One thread per GPU. CPU contexts share one random generator (GluonCV's samplers
+    # draw from it), which threads would consume in scheduling order: they run in turn,
+    # so that a run repeats.
+    threads = len(ctx) if len(ctx) > 1 and ctx[0].device_type == "gpu" else 0
+    executor = Parallel(threads, step)
     try:
         for epoch in range(first_epoch, config.epochs + 1):
             # shuffle and flips depend only on (seed, epoch), so a resumed run continues
@@ -427,33 +463,12 @@ def train(config):
             seed_all(config.seed * 1000 + epoch - 1)
             if config.hybridize:
                 net.hybridize(static_alloc=True)  # re-trace in training mode
-            # mx.metric.Loss: mean of the (batch,) losses over the images seen
-            metrics = [mx.metric.Loss(name) for name in LOSS_NAMES]
             tic = time.time()
-            bar = tqdm(total=iters, desc="epoch %d" % epoch, leave=False,
-                       disable=config.quiet or not rank0, file=sys.stderr)
-            for it, batch in enumerate(loader):
-                if it >= iters:
-                    break
-                trainer.set_learning_rate(schedule((epoch - 1) * iters + it + 1))
-                parts = shards(batch, ctx)
-                for shard in parts:
-                    executor.put(shard)
-                losses = [executor.get() for _ in parts]
-                trainer.step(batch_size)
-                for k, metric in enumerate(metrics):
-                    metric.update(None, [shard_losses[k] for shard_losses in losses])
-                if not all(np.isfinite(m.sum_metric) for m in metrics):
-                    raise FloatingPointError(
-                        "non-finite loss in epoch %d, iteration %d: running sums %s"
-                        % (epoch, it + 1, dict((m.name, m.sum_metric) for m in metrics)))
-                bar.update(1)
-                bar.set_postfix({m.name: "%.3f" % m.get()[1] for m in metrics})
-            bar.close()
+            metrics = _train_epoch(epoch, loader, iters, batch_size, schedule, step, executor,
+                                   trainer, ctx, show_progress=rank0 and not config.quiet)
             elapsed = time.time() - tic
-            seen = metrics[0].num_inst
             entry = {"epoch": epoch, "lr": trainer.learning_rate, "time_s": round(elapsed, 2),
-                     "images_per_s": round(seen / elapsed, 2)}
+                     "images_per_s": round(metrics[0].num_inst / elapsed, 2)}
             entry.update({m.name: float(m.get()[1]) for m in metrics})
             last = epoch == config.epochs
             if rank0 and test_set is not None and (epoch % config.val_interval == 0 or last):

@@ -127,8 +127,10 @@ def test_unit_weights_match_gluoncv_masked_softmax_loss(shapes_root):
 
 def test_train_checkpoint_resume_export_infer_summarize(tmp_path, shapes_root):
     out = str(tmp_path / "run")
+    # warm-up ends and the lr decays within the 6 steps of two epochs
     config = T.Config(data_root=shapes_root, shapes_train=8, shapes_test=4, max_iters=3,
-                      val_interval=1, out=out, quiet=True, epochs=1, export=False)
+                      lr_warmup=2, lr_decay_epochs=(1,), out=out, quiet=True, epochs=1,
+                      export=False)
     result = T.train(config)
     assert [h["epoch"] for h in result["history"]] == [1]
     for key in T.LOSS_NAMES:
@@ -152,12 +154,17 @@ def test_train_checkpoint_resume_export_infer_summarize(tmp_path, shapes_root):
     with pytest.raises(ValueError, match="lr=0.5"):
         T.train(dataclasses.replace(config, epochs=2, resume=out, lr=0.5))
 
-    # resuming continues at epoch 2, then exports; runtime fields may change
-    result = T.train(dataclasses.replace(config, epochs=2, resume=out, export=True,
-                                         hybridize=False))
-    assert [h["epoch"] for h in result["history"]] == [1, 2]
+    # resumed, epoch 2 is the epoch 2 of an uninterrupted run: same learning rate and
+    # same losses; runtime settings may change
+    resumed = T.train(dataclasses.replace(config, epochs=2, resume=out, export=True,
+                                          val_interval=2))
+    straight = T.train(dataclasses.replace(config, epochs=2, out=str(tmp_path / "straight")))
+    assert [h["epoch"] for h in resumed["history"]] == [1, 2]
+    assert resumed["history"][1]["lr"] == straight["history"][1]["lr"] == pytest.approx(0.002)
+    for key in T.LOSS_NAMES:
+        assert resumed["history"][1][key] == straight["history"][1][key]
     assert json.load(open(os.path.join(checkpoints, "checkpoint.json")))["epoch"] == 2
-    prefix = result["export"]
+    prefix = resumed["export"]
     for suffix in ("-symbol.json", "-0000.params", "-meta.json"):
         assert os.path.exists(prefix + suffix)
 
@@ -174,9 +181,9 @@ def test_train_checkpoint_resume_export_infer_summarize(tmp_path, shapes_root):
 
     runs = summarize.load_runs([out, out])
     lines = summarize.table(runs)
-    assert lines[0].startswith("| run | RCNN cls loss") and "star (%d)" % result[
+    assert lines[0].startswith("| run | RCNN cls loss") and "star (%d)" % resumed[
         "train_counts"][3] in lines[0]
-    assert "weighted, effective beta=0.99" in lines[2] and "**%.3f**" % result["final_ap"][
+    assert "weighted, effective beta=0.99" in lines[2] and "**%.3f**" % resumed["final_ap"][
         "mAP"] in lines[2]
     assert lines[-1].startswith("| mean of 2 seeds")
     assert os.path.getsize(summarize.plot(runs, str(tmp_path / "curves.png"))) > 0
