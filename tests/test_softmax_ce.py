@@ -612,3 +612,23 @@ def test_hybridized_loss_refuses_a_rank_its_graph_was_not_built_for():
     value, _ = run_loss(loss_fn, np.zeros((2, 2, 2, 5), np.float32),
                         np.zeros((2, 2, 2), np.float32))
     np.testing.assert_allclose(value, [np.log(5)] * 2, rtol=5e-6)
+
+
+@pytest.mark.parametrize("shape, axis, message", [
+    ((2, 6, 7, 21), 1, r"pred has 6 classes along axis 1 \(shape \(2, 6, 7, 21\)\) but class_weight "
+                       r"has length 21; pred looks laid out as \(B, H, W, C\), with the classes "
+                       r"along axis 3: pass axis=-1"),
+    ((2, 21, 6, 7), -1, r"pred looks laid out as \(B, C, H, W\), with the classes along axis 1: "
+                        r"pass axis=1"),
+    ((21, 8), -1, r"pred looks laid out as \(C, N\), with the classes along axis 0: pass axis=0"),
+])
+def test_class_count_error_names_the_layout(shape, axis, message):
+    loss = WeightedSoftmaxCELoss(class_weight=np.ones(21), axis=axis)
+    pred = mx.nd.zeros(shape)
+    label_shape = shape[:axis % len(shape)] + shape[axis % len(shape) + 1:]
+    with pytest.raises(ValueError, match=message):
+        loss(pred, mx.nd.zeros(label_shape))
+    with pytest.raises(ValueError, match=r"has length 21$"):  # no other axis fits: no hint
+        WeightedSoftmaxCELoss(class_weight=np.ones(21), axis=axis)(
+            mx.nd.zeros(tuple(s if s != 21 else 5 for s in shape)),
+            mx.nd.zeros(tuple(s for s in label_shape)))
