@@ -6,34 +6,37 @@ import argparse
 import os
 import sys
 
+from examples import common
 from examples.faster_rcnn import train as T
 
 _DEFAULTS = T.Config()
+# the shared flags (examples.common.add_common_arguments) with this example's defaults
+_SHARED = ("out", "epochs", "batch_size", "optimizer", "lr", "momentum", "wd", "lr_decay",
+           "lr_decay_epochs", "seed", "ctx", "gpus", "kvstore", "hybridize",
+           "class_weighting", "beta", "max_iters", "quiet")
 
 
 def _comma_list(kind):
     def parse(text):
-        return tuple(kind(item.strip()) for item in text.split(",") if item.strip())
+        return [kind(item.strip()) for item in text.split(",") if item.strip()]
     parse.__name__ = "comma-separated %s list" % kind.__name__
     return parse
 
 
 def _add(group, flag, help, **kwargs):
-    """``add_argument`` whose help ends with the :class:`train.Config` default."""
-    dest = kwargs.get("dest", flag.lstrip("-").replace("-", "_"))
-    default = getattr(_DEFAULTS, dest, None)
-    if isinstance(default, tuple):
-        default = ",".join("%g" % v if isinstance(v, float) else str(v) for v in default)
-    if default not in (None, "", False):
-        help += " (default %s)" % (default,)
+    """``add_argument`` with the :class:`train.Config` default, shown in the help."""
+    dest = kwargs.setdefault("dest", flag.lstrip("-").replace("-", "_"))
+    kwargs.setdefault("default", getattr(_DEFAULTS, dest))
+    if kwargs["default"] is not None and not isinstance(kwargs["default"], bool):
+        help += " (default %s)" % (",".join(map(str, kwargs["default"]))
+                                   if isinstance(kwargs["default"], tuple) else "%(default)s")
     group.add_argument(flag, help=help, **kwargs)
 
 
 def build_parser():
-    """The training flags. Unset flags stay out of the namespace: a resumed run takes
-    them from its checkpoint, a new run from :class:`train.Config`."""
+    """The training flags; every one is the :class:`train.Config` field of its name."""
     p = argparse.ArgumentParser(
-        prog="python -m examples.faster_rcnn", argument_default=argparse.SUPPRESS,
+        prog="python -m examples.faster_rcnn",
         description="Faster R-CNN (GluonCV) with a class-weighted RCNN classification loss.")
     g = p.add_argument_group("data")
     _add(g, "--dataset", choices=T.data.SOURCES,
@@ -66,70 +69,36 @@ def build_parser():
     _add(g, "--short", type=int, help="image short side (default: the network's)")
     _add(g, "--max-size", type=int, help="image long side cap (default: the network's)")
 
-    g = p.add_argument_group("loss")
+    g = p.add_argument_group("loss and schedule (see also the shared flags)")
     _add(g, "--rcnn-cls-loss", choices=("weighted", "softmax"),
          help="'weighted': gluon_losses.WeightedSoftmaxCELoss; 'softmax': gluon's "
               "SoftmaxCrossEntropyLoss with GluonCV's masking (the baseline)")
-    _add(g, "--class-weighting", choices=T.WEIGHTINGS,
-         help="foreground class weights from the training labels "
-              "(gluon_losses.class_weights); 'none' gives all ones")
-    _add(g, "--beta", type=float, help="effective-number beta (Cui et al. 2019)")
     _add(g, "--background-weight", type=float,
          help="weight of class 0 (background) in the RCNN classification loss")
     _add(g, "--weight-scale", choices=("counted-mean", "library"),
          help="'counted-mean': foreground weights rescaled to mean 1 over training "
               "instances; 'library': as gluon_losses.class_weights returns them")
-
-    g = p.add_argument_group("optimisation")
-    _add(g, "--epochs", type=int, help="epochs, numbered from 1")
-    _add(g, "--batch-size", type=int, help="images per device per step")
-    _add(g, "--optimizer", help="any mxnet optimizer name")
-    _add(g, "--lr", type=float, help="learning rate")
-    _add(g, "--lr-decay", type=float, help="lr factor at each --lr-decay-epochs")
-    _add(g, "--lr-decay-epochs", type=_comma_list(int),
-         help="lr *= --lr-decay after each of these epochs")
     _add(g, "--lr-warmup", type=int, help="linear warm-up iterations")
-    _add(g, "--momentum", type=float, help="sgd momentum")
-    _add(g, "--wd", type=float, help="weight decay")
     _add(g, "--clip-gradient", type=float, help="gradient clipping, 0 for none")
-    _add(g, "--seed", type=int, help="data set, initialization and per-epoch shuffling")
-    _add(g, "--max-iters", type=int, help="cap iterations per epoch, 0 for none (smoke tests)")
 
-    g = p.add_argument_group("devices")
-    _add(g, "--ctx", help="e.g. cpu, cpu:0,cpu:1, gpu:0")
-    _add(g, "--gpus", help="e.g. 0,1 (wins over --ctx)")
-    _add(g, "--kvstore", help="gluon.Trainer kvstore")
+    g = p.add_argument_group("devices and output (see also the shared flags)")
     _add(g, "--horovod", action="store_true", help="distributed training with horovod")
     _add(g, "--amp", action="store_true", help="automatic mixed precision")
-    _add(g, "--hybridize", action=argparse.BooleanOptionalAction,
-         help="hybridize the network (the losses always are)")
-
-    g = p.add_argument_group("output")
-    _add(g, "--out", help="run folder")
-    _add(g, "--resume", metavar="DIR",
-         help="continue the run in DIR from its last checkpoint (--out defaults to DIR)")
     _add(g, "--val-interval", type=int, help="evaluate every N epochs and after the last")
     _add(g, "--save-interval", type=int, help="checkpoint every N epochs and after the last")
     _add(g, "--no-export", dest="export", action="store_false",
          help="skip export() at the end")
-    _add(g, "--quiet", action="store_true", help="no console log, no progress bar "
-                                                 "(OUT/train.log keeps everything)")
+    common.add_common_arguments(p, **{k: getattr(_DEFAULTS, k) for k in _SHARED})
     return p
 
 
 def parse_config(argv=None):
-    """The :class:`train.Config` of a command line; a resumed run's unset flags come
-    from its checkpoint, and changed experiment flags are refused."""
+    """The :class:`train.Config` of a command line (``--resume``: see
+    ``examples.common.parse_args``)."""
     p = build_parser()
-    given = vars(p.parse_args(argv))
+    args = common.parse_args(p, argv, runtime=T.RUNTIME)
     try:
-        if "resume" not in given:
-            return T.Config(**given)
-        saved = T.saved_config(given["resume"])
-        given.setdefault("out", given["resume"])
-        config = T.Config(**dict(saved, **given))
-        T.check_resumable(config, saved)
-        return config
+        return T.Config(**vars(args))
     except ValueError as error:
         p.error(str(error))
 

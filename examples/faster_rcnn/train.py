@@ -12,6 +12,7 @@ under one seed and schedule.
 builds that config from the command line. See docs/examples/faster_rcnn.md.
 """
 import dataclasses
+import json
 import logging
 import os
 import sys
@@ -22,8 +23,7 @@ import numpy as np
 import mxnet as mx
 from mxnet import autograd, gluon
 
-from examples.common import (WEIGHTINGS, class_weight_vector, get_logger, load_checkpoint,
-                             parse_contexts, read_json, save_checkpoint, write_json)
+from examples import common
 from examples.faster_rcnn import data, model
 from examples.faster_rcnn.evaluate import evaluate
 from examples.faster_rcnn.export import export_detector
@@ -33,12 +33,10 @@ TRAIN_OUTPUTS = ("cls_pred", "box_pred", "rpn_box_proposals", "samples", "matche
                  "rpn_score", "rpn_box", "anchors", "cls_targets", "box_targets", "box_masks",
                  "indices")
 LOSS_NAMES = ("rpn_cls", "rpn_box", "rcnn_cls", "rcnn_box")
-CHECKPOINT_DIR = "checkpoints"
-# Fields that change how or where a run executes, not what it computes: a resumed run
-# may change them; any other field must equal the checkpointed run's.
-RUNTIME_FIELDS = ("epochs", "ctx", "gpus", "kvstore", "hybridize", "quiet", "out", "resume",
-                  "data_root", "model_root", "num_workers", "val_interval", "save_interval",
-                  "export")
+# Settings that change how or where a run executes, not what it computes: a resumed run
+# may change them; any other must equal the resumed run's (OUT/args.json).
+RUNTIME = common.RUNTIME_FLAGS + ("data_root", "model_root", "num_workers", "val_interval",
+                                  "save_interval", "export")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -77,7 +75,7 @@ class Config:
     optimizer: str = "sgd"
     lr: float = 0.02
     lr_decay: float = 0.1
-    lr_decay_epochs: Tuple[int, ...] = (7, 9)
+    lr_decay_epochs: str = "7,9"
     lr_warmup: int = 100
     momentum: float = 0.9
     wd: float = 1e-4
@@ -100,14 +98,14 @@ class Config:
     quiet: bool = False
 
     def __post_init__(self):
-        # JSON (results.json, the checkpoint) gives lists back; keep tuples so that a
-        # config read back compares equal to the one written
-        for name in ("classes", "shapes_freq", "lr_decay_epochs"):
+        # JSON (args.json) gives lists back; tuples keep the config immutable
+        for name in ("classes", "shapes_freq"):
             value = getattr(self, name)
             if value is not None:
                 object.__setattr__(self, name, tuple(value))
         choices = {"dataset": data.SOURCES, "network": model.NETWORKS,
-                   "rcnn_cls_loss": ("weighted", "softmax"), "class_weighting": WEIGHTINGS,
+                   "rcnn_cls_loss": ("weighted", "softmax"),
+                   "class_weighting": common.WEIGHTINGS,
                    "weight_scale": ("counted-mean", "library")}
         for name, allowed in choices.items():
             if getattr(self, name) not in allowed:
@@ -132,34 +130,12 @@ class Config:
                 raise ValueError("%s must be >= 0, got %r" % (name, getattr(self, name)))
         if not 0 < self.lr_decay <= 1:
             raise ValueError("lr_decay must be in (0, 1], got %r" % (self.lr_decay,))
-        steps = self.lr_decay_epochs
-        if any(e < 1 for e in steps) or any(b <= a for a, b in zip(steps, steps[1:])):
-            raise ValueError("lr_decay_epochs must be increasing epochs >= 1, got %r"
-                             % (steps,))
+        # the schedule's own check, before any work is done
+        common.lr_scheduler(self.lr, self.lr_decay, self.lr_decay_epochs, 1, self.lr_warmup)
 
-    def experiment(self):
-        """The fields that define the experiment (all but ``RUNTIME_FIELDS``)."""
-        return {k: v for k, v in dataclasses.asdict(self).items() if k not in RUNTIME_FIELDS}
-
-
-def saved_config(run_dir):
-    """The :class:`Config` fields of the last checkpoint in ``run_dir`` (a ``--out``)."""
-    path = os.path.join(run_dir, CHECKPOINT_DIR, "checkpoint.json")
-    if not os.path.exists(path):
-        raise ValueError("resume: no checkpoint in %r (looked for %s)" % (run_dir, path))
-    return read_json(path)["config"]
-
-
-def check_resumable(config, saved):
-    """ValueError naming every experiment field of ``config`` that differs from the
-    checkpointed run's ``saved`` fields (a resumed run continues that experiment)."""
-    saved = Config(**saved).experiment()
-    changed = ["%s=%r (checkpoint: %r)" % (k, v, saved[k])
-               for k, v in config.experiment().items() if saved[k] != v]
-    if changed:
-        raise ValueError("resume %s continues its experiment; these differ from it: %s "
-                         "(start a new run to change them)"
-                         % (config.resume, "; ".join(changed)))
+    def as_json(self):
+        """The fields as ``OUT/args.json`` holds them (tuples become lists)."""
+        return json.loads(json.dumps(dataclasses.asdict(self)))
 
 
 # --------------------------------------------------------------------------- data, weights
@@ -186,7 +162,7 @@ def rcnn_class_weight(counts, weighting, beta, background_weight=1.0,
     training instances is 1, so the weight of foreground against background stays as
     unweighted and only the split among foreground classes moves.
     """
-    fg = class_weight_vector(weighting, counts, beta)
+    fg = common.class_weight_vector(weighting, counts, beta)
     if fg is None:
         fg = np.ones(len(counts), dtype=np.float32)
     if weight_scale == "counted-mean":
@@ -292,19 +268,6 @@ def shards(batch, ctx):
     return list(zip(*per_field))
 
 
-def lr_schedule(lr, decay, decay_epochs, warmup, iters_per_epoch):
-    """Learning rate as a function of the update count (1 for the first update).
-
-    Linear warm-up from 0 over ``warmup`` updates, then ``lr * decay**k`` after ``k`` of
-    ``decay_epochs`` (1-based epochs) have ended. MultiFactorScheduler catches up when
-    first called at a later count, so a resumed run gets the same rates.
-    """
-    steps = [e * iters_per_epoch for e in decay_epochs]
-    return mx.lr_scheduler.MultiFactorScheduler(
-        steps or [1], factor=decay if steps else 1.0,  # no decay: one step by a factor 1
-        base_lr=lr, warmup_steps=warmup, warmup_begin_lr=0.0, warmup_mode="linear")
-
-
 def _stop(executor):
     """End a GluonCV ``Parallel``'s worker threads (they are not daemons)."""
     from gluoncv.utils.parallel import Parallel
@@ -337,7 +300,7 @@ def _epoch_line(entry, classes):
 
 # --------------------------------------------------------------------------- training
 
-def _train_epoch(epoch, loader, iters, batch_size, schedule, step, executor, trainer, ctx,
+def _train_epoch(epoch, loader, iters, batch_size, step, executor, trainer, ctx,
                  show_progress):
     """One epoch of at most ``iters`` steps; returns ``[mx.metric.Loss]`` per loss name,
     each the mean of that loss per image."""
@@ -348,7 +311,6 @@ def _train_epoch(epoch, loader, iters, batch_size, schedule, step, executor, tra
         for it, batch in enumerate(loader):
             if it >= iters:
                 break
-            trainer.set_learning_rate(schedule((epoch - 1) * iters + it + 1))
             parts = shards(batch, ctx)
             # The first call of an epoch traces what is hybridized (the losses once, the
             # network after each re-hybridize). Two threads tracing one block collide (a
@@ -373,28 +335,37 @@ def _train_epoch(epoch, loader, iters, batch_size, schedule, step, executor, tra
 def train(config):
     """Run the experiment ``config`` describes; returns what ``OUT/results.json`` holds.
 
-    Writes ``OUT/train.log``, ``OUT/checkpoints/`` (``checkpoint.json``, naming the last
-    epoch's ``net-NNNN.params`` / ``trainer-NNNN.states``, written last), ``OUT/export/``
-    (unless ``config.export`` is False) and ``OUT/results.json``: the config, class
-    counts and weights, and per epoch (numbered from 1) the learning rate, the four mean
-    losses per image, throughput and, on evaluation epochs, AP per class and mAP.
+    Writes ``OUT/args.json`` (the config), ``OUT/train.log``, ``OUT/checkpoints/``
+    (``checkpoint.json`` naming the last epoch's ``net-NNNN.params`` /
+    ``trainer-NNNN.states``, which hold the optimizer with its learning-rate schedule),
+    ``OUT/export/`` (unless ``config.export`` is False) and ``OUT/results.json``: the
+    config, class counts and weights, and per epoch (numbered from 1) the learning rate,
+    the four mean losses per image, throughput and, on evaluation epochs, AP per class
+    and mAP. With ``config.resume`` every setting outside :data:`RUNTIME` must equal the
+    resumed run's (ValueError naming those that differ).
     """
     from gluoncv.utils.parallel import Parallel
-    from gluoncv.utils.random import seed as seed_all
     start = time.time()
+    settings = config.as_json()
+    if config.resume:
+        saved = common.read_json(os.path.join(config.resume, common.ARGS))
+        common.merge_resumed(settings, settings, saved, RUNTIME)
     hvd = _setup_horovod() if config.horovod else None
     rank0 = hvd is None or hvd.rank() == 0
     if hvd is not None:
         ctx = [mx.gpu(hvd.local_rank())] if config.gpus else [mx.cpu(hvd.local_rank())]
     else:
-        ctx = parse_contexts(config.ctx, config.gpus)
-    log = get_logger(config.out, quiet=config.quiet or not rank0, name="faster_rcnn")
+        ctx = common.parse_contexts(config.ctx, config.gpus)
+    log = common.get_logger(config.out, quiet=config.quiet or not rank0, name="faster_rcnn")
     if not rank0:
         log.setLevel(logging.WARNING)
+    else:
+        common.write_json(os.path.join(config.out, common.ARGS),
+                          {k: v for k, v in settings.items() if k != "resume"})
     if config.amp:
         from mxnet.contrib import amp
         amp.init(target_dtype="float16" if ctx[0].device_type == "gpu" else "bfloat16")
-    seed_all(config.seed)
+    common.set_seed(config.seed)
 
     train_set, test_set, classes = build_datasets(config)
     counts = data.foreground_counts(train_set, len(classes))
@@ -414,15 +385,18 @@ def train(config):
 
     if hvd is not None:
         train_set = train_set.shard(hvd.size(), hvd.rank())
-    batch_size = config.batch_size * len(ctx)
     loader = data.train_loader(train_set, net, config.batch_size, len(ctx),
                                num_workers=config.num_workers)
     iters = min(len(loader), config.max_iters) if config.max_iters else len(loader)
     if iters == 0:
         raise ValueError("batch_size: %d images per step (%d per device) exceed the %d "
-                         "training images" % (batch_size, config.batch_size, len(train_set)))
+                         "training images" % (config.batch_size * len(ctx), config.batch_size,
+                                              len(train_set)))
 
-    opt_params = {"learning_rate": config.lr, "wd": config.wd}
+    opt_params = {"learning_rate": config.lr, "wd": config.wd,
+                  "lr_scheduler": common.lr_scheduler(config.lr, config.lr_decay,
+                                                      config.lr_decay_epochs, iters,
+                                                      config.lr_warmup)}
     if config.optimizer == "sgd":
         opt_params["momentum"] = config.momentum
     if config.clip_gradient > 0:
@@ -437,18 +411,15 @@ def train(config):
     if config.amp:
         amp.init_trainer(trainer)
 
-    checkpoints = os.path.join(config.out, CHECKPOINT_DIR)
+    checkpoints = os.path.join(config.out, common.CHECKPOINTS)
     history, first_epoch = [], 1
     if config.resume:
-        check_resumable(config, saved_config(config.resume))
-        record = load_checkpoint(os.path.join(config.resume, CHECKPOINT_DIR), {"net": net},
-                                 {"trainer": trainer}, ctx)
+        record = common.load_checkpoint(os.path.join(config.resume, common.CHECKPOINTS),
+                                        {"net": net}, {"trainer": trainer}, ctx)
         first_epoch = record["epoch"] + 1
         history = record["history"]
         log.info("resumed from %s after epoch %d", config.resume, record["epoch"])
 
-    schedule = lr_schedule(config.lr, config.lr_decay, config.lr_decay_epochs,
-                           config.lr_warmup, iters)
     step = DetectionStep(net, make_losses(config.rcnn_cls_loss, class_weight), weighted,
                          trainer, config.amp)
     # One thread per GPU. CPU contexts share one random generator (GluonCV's samplers
@@ -457,33 +428,35 @@ def train(config):
     threads = len(ctx) if len(ctx) > 1 and ctx[0].device_type == "gpu" else 0
     executor = Parallel(threads, step)
     try:
-        for epoch in range(first_epoch, config.epochs + 1):
-            # shuffle and flips depend only on (seed, epoch), so a resumed run continues
-            # the same sequence (the 0-based epoch index keeps the published runs' seeds)
-            seed_all(config.seed * 1000 + epoch - 1)
-            if config.hybridize:
-                net.hybridize(static_alloc=True)  # re-trace in training mode
-            tic = time.time()
-            metrics = _train_epoch(epoch, loader, iters, batch_size, schedule, step, executor,
-                                   trainer, ctx, show_progress=rank0 and not config.quiet)
-            elapsed = time.time() - tic
-            entry = {"epoch": epoch, "lr": trainer.learning_rate, "time_s": round(elapsed, 2),
-                     "images_per_s": round(metrics[0].num_inst / elapsed, 2)}
-            entry.update({m.name: float(m.get()[1]) for m in metrics})
-            last = epoch == config.epochs
-            if rank0 and test_set is not None and (epoch % config.val_interval == 0 or last):
-                entry["ap"] = evaluate(net, test_set, ctx, classes, config.hybridize)
-            history.append(entry)
-            log.info(_epoch_line(entry, classes))
-            if rank0 and (epoch % config.save_interval == 0 or last):
-                save_checkpoint(checkpoints, epoch, {"net": net}, {"trainer": trainer},
-                                meta={"history": history, "classes": list(classes),
-                                      "config": dataclasses.asdict(config)})
+        show_progress = rank0 and not config.quiet
+        with common.console_through_tqdm(log):
+            for epoch in range(first_epoch, config.epochs + 1):
+                # shuffle and flips depend only on (seed, epoch), so a resumed run continues
+                # the same sequence (the 0-based epoch index keeps the published runs' seeds)
+                common.set_seed(config.seed * 1000 + epoch - 1)
+                if config.hybridize:
+                    net.hybridize(static_alloc=True)  # re-trace in training mode
+                tic = time.time()
+                metrics = _train_epoch(epoch, loader, iters, config.batch_size * len(ctx),
+                                       step, executor, trainer, ctx, show_progress)
+                elapsed = time.time() - tic
+                entry = {"epoch": epoch, "lr": trainer.learning_rate,
+                         "time_s": round(elapsed, 2),
+                         "images_per_s": round(metrics[0].num_inst / elapsed, 2)}
+                entry.update({m.name: float(m.get()[1]) for m in metrics})
+                last = epoch == config.epochs
+                if rank0 and test_set is not None and (epoch % config.val_interval == 0 or last):
+                    entry["ap"] = evaluate(net, test_set, ctx, classes, config.hybridize)
+                history.append(entry)
+                log.info(_epoch_line(entry, classes))
+                if rank0 and (epoch % config.save_interval == 0 or last):
+                    common.save_checkpoint(checkpoints, epoch, {"net": net},
+                                           {"trainer": trainer},
+                                           meta={"history": history, "classes": list(classes)})
     finally:
         _stop(executor)  # its worker threads would otherwise keep a failed run alive
 
-    result = {"config": dataclasses.asdict(config), "classes": list(classes),
-              "train_counts": counts.tolist(),
+    result = {"config": settings, "classes": list(classes), "train_counts": counts.tolist(),
               "class_weight": class_weight.tolist() if weighted else None,
               "history": history, "final_ap": history[-1].get("ap") if history else None,
               "wall_time_s": round(time.time() - start, 1)}
@@ -491,7 +464,7 @@ def train(config):
         result["export"] = export_detector(net, config.out, ctx, classes)
         log.info("exported %s-symbol.json / -0000.params", result["export"])
     if rank0:
-        write_json(os.path.join(config.out, "results.json"), result)
-        log.info("done in %.1fs; results in %s", result["wall_time_s"],
-                 os.path.join(config.out, "results.json"))
+        path = os.path.join(config.out, common.RESULTS)
+        common.write_json(path, result)
+        log.info("done in %.1fs; results in %s", result["wall_time_s"], path)
     return result
