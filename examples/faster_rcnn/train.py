@@ -300,6 +300,29 @@ def _epoch_line(entry, classes):
 
 # --------------------------------------------------------------------------- training
 
+def _make_trainer(net, config, iters_per_epoch, hvd=None):
+    """The trainer of ``net``'s training parameters, its optimizer holding the schedule."""
+    opt_params = {"learning_rate": config.lr, "wd": config.wd,
+                  "lr_scheduler": common.lr_scheduler(config.lr, config.lr_decay,
+                                                      config.lr_decay_epochs, iters_per_epoch,
+                                                      config.lr_warmup)}
+    if config.optimizer == "sgd":
+        opt_params["momentum"] = config.momentum
+    if config.clip_gradient > 0:
+        opt_params["clip_gradient"] = config.clip_gradient
+    params = net.collect_train_params()
+    if hvd is not None:
+        hvd.broadcast_parameters(net.collect_params(), root_rank=0)
+        trainer = hvd.DistributedTrainer(params, config.optimizer, opt_params)
+    else:
+        trainer = gluon.Trainer(params, config.optimizer, opt_params, kvstore=config.kvstore,
+                                update_on_kvstore=(False if config.amp else None))
+    if config.amp:
+        from mxnet.contrib import amp
+        amp.init_trainer(trainer)
+    return trainer
+
+
 def _train_epoch(epoch, loader, iters, batch_size, step, executor, trainer, ctx,
                  show_progress):
     """One epoch of at most ``iters`` steps; returns ``[mx.metric.Loss]`` per loss name,
@@ -393,23 +416,7 @@ def train(config):
                          "training images" % (config.batch_size * len(ctx), config.batch_size,
                                               len(train_set)))
 
-    opt_params = {"learning_rate": config.lr, "wd": config.wd,
-                  "lr_scheduler": common.lr_scheduler(config.lr, config.lr_decay,
-                                                      config.lr_decay_epochs, iters,
-                                                      config.lr_warmup)}
-    if config.optimizer == "sgd":
-        opt_params["momentum"] = config.momentum
-    if config.clip_gradient > 0:
-        opt_params["clip_gradient"] = config.clip_gradient
-    params = net.collect_train_params()
-    if hvd is not None:
-        hvd.broadcast_parameters(net.collect_params(), root_rank=0)
-        trainer = hvd.DistributedTrainer(params, config.optimizer, opt_params)
-    else:
-        trainer = gluon.Trainer(params, config.optimizer, opt_params, kvstore=config.kvstore,
-                                update_on_kvstore=(False if config.amp else None))
-    if config.amp:
-        amp.init_trainer(trainer)
+    trainer = _make_trainer(net, config, iters, hvd)
 
     checkpoints = os.path.join(config.out, common.CHECKPOINTS)
     history, first_epoch = [], 1
