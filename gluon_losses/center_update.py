@@ -11,7 +11,9 @@ summing those gradients itself. Each kernel is a bare ``CachedOp``, compiled onc
 kept in a module-level cache: at small batches, per-call overhead is what a step pays.
 """
 import mxnet as mx
-from mxnet import nd
+# Not "from mxnet import nd": a kvstore server imports this module (through
+# center_optimizer) while mxnet is still initializing, before the alias exists.
+import mxnet.ndarray as nd
 
 __all__ = ["apply_center_update", "apply_dense_center_update", "eq4_rows"]
 
