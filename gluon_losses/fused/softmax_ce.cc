@@ -150,10 +150,11 @@ constexpr int kBlock = 256;
 
 // Strided layout: positions contiguous, classes `inner` apart. Fills max and sum of
 // exp(x - max) for `count` positions starting at `x`; optionally writes the
-// exponentials to `exps` (same layout) and the sum of logits for label smoothing.
+// exponentials to `exps` (same layout) and the mean logit for label smoothing (summed
+// as x / C, so logits near the float32 limit do not overflow the sum).
 __attribute__((always_inline)) inline void strided_stats_body(
     const float* x, int64_t count, int64_t C, int64_t inner, float* maxes, float* sums,
-    float* exps, float* logit_sums) {
+    float* exps, float* logit_means) {
   for (int64_t t = 0; t < count; ++t) maxes[t] = x[t];
   for (int64_t c = 1; c < C; ++c) {
     const float* row = x + c * inner;
@@ -161,7 +162,8 @@ __attribute__((always_inline)) inline void strided_stats_body(
     for (int64_t t = 0; t < count; ++t) maxes[t] = row[t] > maxes[t] ? row[t] : maxes[t];
   }
   for (int64_t t = 0; t < count; ++t) sums[t] = 0.f;
-  if (logit_sums) for (int64_t t = 0; t < count; ++t) logit_sums[t] = 0.f;
+  if (logit_means) for (int64_t t = 0; t < count; ++t) logit_means[t] = 0.f;
+  const float inv_classes = 1.f / static_cast<float>(C);
   for (int64_t c = 0; c < C; ++c) {
     const float* row = x + c * inner;
     if (exps) {
@@ -176,17 +178,17 @@ __attribute__((always_inline)) inline void strided_stats_body(
 #pragma omp simd
       for (int64_t t = 0; t < count; ++t) sums[t] += exp_nonpositive(row[t] - maxes[t]);
     }
-    if (logit_sums) {
+    if (logit_means) {
 #pragma omp simd
-      for (int64_t t = 0; t < count; ++t) logit_sums[t] += row[t];
+      for (int64_t t = 0; t < count; ++t) logit_means[t] += row[t] * inv_classes;
     }
   }
 }
 
 GL_MULTIVERSION
 void strided_stats(const float* x, int64_t count, int64_t C, int64_t inner, float* maxes,
-                   float* sums, float* exps, float* logit_sums) {
-  strided_stats_body(x, count, C, inner, maxes, sums, exps, logit_sums);
+                   float* sums, float* exps, float* logit_means) {
+  strided_stats_body(x, count, C, inner, maxes, sums, exps, logit_means);
 }
 
 // Up to this many classes, rows are transposed into a tile and reduced across positions:
@@ -211,13 +213,14 @@ void tile_to_rows_scaled(const float* tile, int64_t count, int64_t C, const floa
 // Row layout: each position's C classes are contiguous. `exps` is in row layout too.
 GL_MULTIVERSION
 void row_stats(const float* x, int64_t count, int64_t C, float* maxes, float* sums,
-               float* exps, float* logit_sums) {
+               float* exps, float* logit_means) {
   if (C <= kFewClasses && !exps) {
     float tile[kFewClasses * kBlock];
     rows_to_tile(x, count, C, tile);
-    strided_stats_body(tile, count, C, count, maxes, sums, nullptr, logit_sums);
+    strided_stats_body(tile, count, C, count, maxes, sums, nullptr, logit_means);
     return;
   }
+  const float inv_classes = 1.f / static_cast<float>(C);
   for (int64_t t = 0; t < count; ++t) {
     const float* row = x + t * C;
     float m = row[0];
@@ -238,11 +241,11 @@ void row_stats(const float* x, int64_t count, int64_t C, float* maxes, float* su
     }
     maxes[t] = m;
     sums[t] = s;
-    if (logit_sums) {
+    if (logit_means) {
       float total = 0.f;
 #pragma omp simd reduction(+:total)
-      for (int64_t c = 0; c < C; ++c) total += row[c];
-      logit_sums[t] = total;
+      for (int64_t c = 0; c < C; ++c) total += row[c] * inv_classes;
+      logit_means[t] = total;
     }
   }
 }
@@ -394,6 +397,7 @@ double normalizer(const Config& cfg, const Geometry& geo, double kept, double we
   switch (cfg.normalization) {
     case kValid: return std::max(kept, 1.0);
     case kBatch: return static_cast<double>(geo.positions);
+    // Magnitudes: a negative sample weight flips its position's sign, never shrinks Z.
     case kWeight: return weight_total > 0 ? weight_total : 1.0;  // NaN > 0 is false, as in the graph
     default: return 1.0;
   }
@@ -478,13 +482,13 @@ MXReturnValue forward(const std::unordered_map<std::string, std::string>& attrs,
   for (int64_t b = 0; b < blocks; ++b) {
     int64_t first, count, offset;
     block_at(geo, b, &first, &count, &offset);
-    float maxes[kBlock], sums[kBlock], logs[kBlock], logit_sums[kBlock];
+    float maxes[kBlock], sums[kBlock], logs[kBlock], logit_means[kBlock];
     const float* x = in.pred + offset;
     if (geo.inner == 1) {
-      row_stats(x, count, geo.C, maxes, sums, nullptr, eps > 0 ? logit_sums : nullptr);
+      row_stats(x, count, geo.C, maxes, sums, nullptr, eps > 0 ? logit_means : nullptr);
     } else {
       strided_stats(x, count, geo.C, geo.inner, maxes, sums, nullptr,
-                    eps > 0 ? logit_sums : nullptr);
+                    eps > 0 ? logit_means : nullptr);
     }
     log_block(sums, count, logs);
     for (int64_t t = 0; t < count; ++t) {
@@ -497,13 +501,13 @@ MXReturnValue forward(const std::unordered_map<std::string, std::string>& attrs,
         const double m = maxes[t];
         double value = (m - x[element(geo, t, cls)]) + logs[t];
         if (eps > 0) {
-          value = (1 - eps) * value + eps * ((m - logit_sums[t] / geo.C) + logs[t]);
+          value = (1 - eps) * value + eps * ((m - logit_means[t]) + logs[t]);
         }
         term = static_cast<double>(w) * value;
       }
       if (kept) {
         kept_total += 1;
-        weight_total += w;
+        weight_total += std::fabs(w);
       }
       if (per_position) {
         out[p] = static_cast<float>(term * cfg.scale);
@@ -560,7 +564,7 @@ MXReturnValue backward(const std::unordered_map<std::string, std::string>& attrs
         float w = weight_of(p, &cls, &kept);
         if (kept) {
           kept_total += 1;
-          weight_total += w;
+          weight_total += std::fabs(w);
         }
       }
     }
