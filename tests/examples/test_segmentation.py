@@ -199,3 +199,11 @@ def test_display_indices_prefer_images_with_the_rare_class():
     labels[2, 0, 0] = 4
     labels[5, 1, 1] = 4
     assert report.display_indices(labels, 4, count=4) == [2, 5, 0]
+
+
+def test_two_cpu_contexts_split_each_batch(voc_root, tmp_path):
+    train, test = small_split(voc_root)
+    results = train_run(str(tmp_path), train, test, data.NUM_CLASS, None, seed=0,
+                        ctx=[mx.cpu(0), mx.cpu(1)], **dict(TINY, epochs=1))
+    assert np.isfinite(results["history"][0]["train_loss"])
+    assert np.array(results["final"]["confusion"]).sum() == (test[1] >= 0).sum()
