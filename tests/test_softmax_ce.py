@@ -401,7 +401,7 @@ def test_replacing_weights_with_wrong_length_is_refused():
         WeightedSoftmaxCELoss([1, 1, 1]).set_class_weight([1, 2])
 
 
-@pytest.mark.parametrize("bad", [3, -2, 7.0, 1.5])
+@pytest.mark.parametrize("bad", [3, -2, 7.0])
 def test_label_outside_classes_raises_naming_value(bad):
     label = np.array([0, bad, 1], np.float32)
     message = r"label contains %r, which is outside \[0, 3\)" % float(bad)
