@@ -108,15 +108,14 @@ def weighted_softmax_ce(F, pred, label, class_weight=None, sample_weight=None, a
         if label_smoothing > 0:
             target = (1 - label_smoothing) * target + label_smoothing * F.softmax(
                 F.zeros_like(log_prob), axis=axis)
-        # A class with target 0 contributes exactly 0, even where its log-probability
-        # overflows to -inf.
+        if class_weight is not None:
+            target = F.broadcast_mul(target, class_weight)
+        # A class with (weighted) target 0 contributes exactly 0, even where its
+        # log-probability overflows to -inf.
         per_class = F.where(target != 0, target * log_prob, F.zeros_like(log_prob))
         if gamma > 0:
-            per_class = _focal(F, -per_class, _log_one_minus_prob(F, pred, log_prob, pred,
-                                                                  axis, True), gamma)
-            per_class = -per_class
-        if class_weight is not None:
-            per_class = F.broadcast_mul(per_class, class_weight)
+            per_class = -_focal(F, -per_class, _log_one_minus_prob(F, pred, log_prob, pred,
+                                                                   axis, True), gamma)
         value = -F.sum(per_class, axis=axis)
         keep = position_weight = None
         # A label-side array shaped like the positions (pred without the class axis).
