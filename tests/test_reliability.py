@@ -3,6 +3,10 @@
 The promises these tests hold are listed in docs/reliability.md.
 """
 import itertools
+import os
+import stat
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -12,7 +16,10 @@ from mxnet import autograd, gluon, nd
 from gluon_losses import CenterLoss, WeightedSoftmaxCELoss
 from gluon_losses import center_trainer as center_trainer_module
 from gluon_losses import center_update
+from examples.common import TMP_PREFIX, load_checkpoint, save_checkpoint
 import reference
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 FLOAT32_MAX = float(np.finfo(np.float32).max)
 
@@ -427,3 +434,60 @@ def test_bad_input_raises_value_error_naming_argument_and_value(name, shown, cal
         call()
     message = str(info.value)
     assert name in message and shown in message, message
+
+
+# --- 12. checkpoints: stale temporary files and permissions ------------------------------
+
+def _tiny_block():
+    block = gluon.nn.Dense(2, in_units=3)
+    block.initialize()
+    return block
+
+
+def test_temporary_file_of_a_killed_writer_is_removed_at_the_next_save_and_load(tmp_path):
+    target = str(tmp_path / "net-0001.params")
+    # A writer killed with SIGKILL inside atomic_write, after its temporary file exists.
+    writer = subprocess.Popen([sys.executable, "-c", (
+        "import sys, time; from examples.common import atomic_write\n"
+        "def write(tmp):\n"
+        "    open(tmp, 'w').write('half')\n"
+        "    print('writing', flush=True)\n"
+        "    time.sleep(60)\n"
+        "atomic_write(sys.argv[1], write)\n"), target], cwd=ROOT, stdout=subprocess.PIPE)
+    try:
+        assert writer.stdout.readline().strip() == b"writing"
+    finally:
+        writer.kill()
+        writer.wait(timeout=30)
+    leftover = [n for n in os.listdir(tmp_path) if n.startswith(TMP_PREFIX)]
+    assert len(leftover) == 1 and not os.path.exists(target)
+    # One of an older naming (mkstemp's), and one of a live writer, which must stay.
+    (tmp_path / ".tmp-checkpoint.jsonk2j4_x").write_text("{}")
+    live = tmp_path / (".tmp-net-0002.params.%d.0000abcd" % os.getpid())
+    live.write_text("in progress")
+    block = _tiny_block()
+    save_checkpoint(str(tmp_path), 1, {"net": block}, {})
+    assert sorted(n for n in os.listdir(tmp_path) if n.startswith(TMP_PREFIX)) == [live.name]
+    (tmp_path / leftover[0]).write_text("again")
+    restored = _tiny_block()
+    assert load_checkpoint(str(tmp_path), {"net": restored}, {}, mx.cpu())["epoch"] == 1
+    assert not (tmp_path / leftover[0]).exists() and live.exists()
+    np.testing.assert_array_equal(restored.weight.data().asnumpy(),
+                                  block.weight.data().asnumpy())
+
+
+@pytest.mark.parametrize("umask", [0o022, 0o077, 0o002])
+def test_atomically_written_files_get_the_permissions_of_any_other_file(tmp_path, umask):
+    old = os.umask(umask)
+    try:
+        with open(tmp_path / "plain.txt", "w") as handle:
+            handle.write("x")
+        save_checkpoint(str(tmp_path), 1, {"net": _tiny_block()},
+                        {"trainer": gluon.Trainer(_tiny_block().collect_params(), "sgd")})
+    finally:
+        os.umask(old)
+    modes = {name: stat.S_IMODE(os.stat(tmp_path / name).st_mode)
+             for name in os.listdir(tmp_path)}
+    assert set(modes) == {"plain.txt", "net-0001.params", "trainer-0001.states",
+                          "checkpoint.json"}
+    assert set(modes.values()) == {0o666 & ~umask}, modes
