@@ -33,6 +33,7 @@ from .center_trainer import CenterTrainer
 from .center_update import apply_center_update, apply_dense_center_update, eq4_rows
 from .checks import (as_ndarray, check_float, check_ignore_label, check_int, check_labels,
                      check_not_empty, check_shape)
+from .first_call import SerializedFirstCall
 from .graph_ops import detached_label, poison_invalid
 
 __all__ = ["CenterLoss", "CenterTrainer", "center_loss", "apply_center_update",
@@ -107,7 +108,7 @@ def center_loss(F, features, label, centers, center_counts, num_classes, feature
 _MAX_CLASSES = 2 ** 24
 
 
-class CenterLoss(Loss):
+class CenterLoss(SerializedFirstCall, Loss):
     r"""Center loss of Wen et al. (ECCV 2016) with the paper's center update.
 
     .. math::

@@ -18,10 +18,10 @@ import numbers
 import numpy as np
 import mxnet as mx
 
-from .checks import check_float, check_ignore_label, check_int, check_labels
+from .checks import check_choice, check_float, check_ignore_label, check_int, check_labels
 
 __all__ = ["ClassCounter", "class_counts", "inverse_frequency", "median_frequency",
-           "effective_number"]
+           "effective_number", "for_detection", "for_segmentation"]
 
 
 class ClassCounter:
@@ -169,3 +169,141 @@ def effective_number(counts=None, beta=0.999, labels=None, num_classes=None, ign
         if beta > 0 else np.ones_like(counts)
     weights = _fill_absent(1.0 / effective, present).astype(np.float64)
     return (weights * counts.size / weights.sum()).astype(np.float32)
+
+
+DETECTION_METHODS = ("effective", "inverse", "median", "none")
+SEGMENTATION_METHODS = ("median", "inverse", "effective", "none")
+
+
+def _weights_from_counts(method, counts, beta, image_pixels=None):
+    if method == "none":
+        return np.ones(counts.size, dtype=np.float32)
+    if method == "inverse":
+        return inverse_frequency(counts)
+    if method == "median":
+        return median_frequency(counts, image_pixels=image_pixels)
+    return effective_number(counts, beta=beta)
+
+
+def _class_count(name, given, from_dataset):
+    if given is not None:
+        return check_int(name, given, minimum=1)
+    if from_dataset is None:
+        raise ValueError("the dataset does not name its classes: pass %s=, got None" % name)
+    return from_dataset
+
+
+def for_detection(dataset, method="effective", beta=0.99, background_weight=1.0,
+                  num_classes=None):
+    r"""Class weights for a Faster R-CNN classification head, from a GluonCV detection dataset.
+
+    GluonCV's RCNN targets put background at class 0 and the dataset's class
+    :math:`c` at :math:`c + 1`, so the vector is
+
+    .. math:: w = (w_\text{background},\ w_0,\ \dots,\ w_{K-1})
+
+    with :math:`w_c` from ``method`` applied to the number of ground-truth boxes of
+    each of the :math:`K` foreground classes (every box of the labels, VOC's
+    ``difficult`` ones included, as GluonCV's target generator sees them): ``'effective'`` (:func:`effective_number`
+    with ``beta``), ``'inverse'`` (:func:`inverse_frequency`), ``'median'``
+    (:func:`median_frequency`) or ``'none'`` (all ones). Pass it as
+    ``WeightedSoftmaxCELoss(class_weight=...)`` for ``cls_pred`` of shape
+    ``(B, N, K + 1)``.
+
+    Boxes are counted from the annotations, without decoding any image:
+    ``VOCDetection``, ``COCODetection``, ``LstDetection``, ``RecordFileDetection``,
+    and ``MixupDetection`` or ``dataset.transform(...)`` around one of them (a mixup
+    set is counted on the dataset it mixes, whose class shares it keeps).
+
+    Parameters
+    ----------
+    dataset : GluonCV detection dataset
+    method : {'effective', 'inverse', 'median', 'none'}, default 'effective'
+    beta : float in [0, 1), default 0.99
+        For ``'effective'``.
+    background_weight : float >= 0, default 1.0
+        :math:`w_\text{background}`.
+    num_classes : int or None
+        :math:`K`; None reads ``len(dataset.classes)`` (``LstDetection`` and
+        ``RecordFileDetection`` have no class list and need it).
+
+    Returns
+    -------
+    ndarray, shape (K + 1,), float32
+
+    Raises ``ValueError`` for a dataset it cannot read without decoding images, a box
+    class outside ``[0, K)``, or a set with no box.
+    """
+    from . import dataset_labels
+    method = check_choice("method", method, DETECTION_METHODS)
+    beta = check_float("beta", beta, low=0.0, high=1.0, high_open=True)
+    background_weight = check_float("background_weight", background_weight, low=0.0)
+    ids = dataset_labels.detection_class_ids(dataset)
+    num_classes = _class_count("num_classes", num_classes,
+                               dataset_labels.foreground_class_count(dataset))
+    counter = ClassCounter(num_classes, ignore_label=None)
+    for image, image_ids in enumerate(ids):
+        if image_ids.size:
+            try:
+                counter.update(image_ids)
+            except ValueError as error:
+                raise ValueError("image %d of the dataset: %s" % (image, error)) from None
+    foreground = _weights_from_counts(method, counter.counts.astype(np.float64), beta)
+    return np.concatenate([[background_weight], foreground]).astype(np.float32)
+
+
+def for_segmentation(dataset, method="median", beta=0.9999, num_class=None):
+    r"""Class weights for a segmentation loss, from a GluonCV segmentation dataset's masks.
+
+    Pixels are counted from the mask files (label images, read as the dataset reads
+    them, through its ``_mask_transform``), never decoding an RGB image. Void pixels,
+    -1 (GluonCV's datasets turn the 255 of the files into -1) and 255, are skipped.
+    ``method``:
+
+    - ``'median'``: Eigen & Fergus's median frequency balancing,
+      :math:`w_c = \operatorname{median}_k f_k / f_c` with :math:`f_c` = pixels of
+      class :math:`c` over the labelled pixels of the images that contain :math:`c`
+      (:func:`median_frequency` with ``image_pixels``);
+    - ``'inverse'``: :func:`inverse_frequency` of the pixel counts;
+    - ``'effective'``: :func:`effective_number` of the pixel counts with ``beta``.
+      Pixel counts are large: a ``beta`` below :math:`1 - 1/n_c` for every class gives
+      nearly equal weights, hence the default 0.9999;
+    - ``'none'``: all ones.
+
+    Readable: ``VOCSegmentation``, ``VOCAugSegmentation``, ``ADE20KSegmentation``,
+    ``CitySegmentation``, ``COCOSegmentation``, any GluonCV ``SegmentationDataset``
+    with a ``masks`` or ``mask_paths`` list, and ``dataset.transform(...)`` around one.
+
+    Parameters
+    ----------
+    dataset : GluonCV segmentation dataset
+    method : {'median', 'inverse', 'effective', 'none'}, default 'median'
+    beta : float in [0, 1), default 0.9999
+        For ``'effective'``.
+    num_class : int or None
+        :math:`C`; None reads ``dataset.num_class``.
+
+    Returns
+    -------
+    ndarray, shape (C,), float32
+
+    Raises ``ValueError`` for a dataset it cannot read without decoding images, a mask
+    value outside ``[0, C)`` that is not void, or masks with no labelled pixel.
+    """
+    from . import dataset_labels
+    method = check_choice("method", method, SEGMENTATION_METHODS)
+    beta = check_float("beta", beta, low=0.0, high=1.0, high_open=True)
+    masks = dataset_labels.segmentation_masks(dataset)
+    num_class = _class_count("num_class", num_class,
+                             dataset_labels.segmentation_class_count(dataset))
+    counter = ClassCounter(num_class, ignore_label=None)
+    for name, labels in masks:
+        void = labels == -1
+        if num_class <= 255:
+            void |= labels == 255
+        try:
+            counter.update(labels[~void].reshape(1, -1), per_image=True)
+        except ValueError as error:
+            raise ValueError("%s: %s" % (name, error)) from None
+    return _weights_from_counts(method, counter.counts.astype(np.float64), beta,
+                                image_pixels=counter.image_pixels)

@@ -4,6 +4,7 @@ Inside a hybridized graph nothing can raise, so a bad label turns the loss NaN
 (:func:`poison_invalid` for CenterLoss; the softmax loss gets the same effect from a
 NaN-guarded weight lookup), which the first logged loss value shows.
 """
+from .first_call import SETUP_LOCK
 
 
 def detached_label(F, label):
@@ -44,6 +45,10 @@ def ensure_on_context(param, ctx):
     Losses are used without ``initialize()``, on whatever context the data is on, so
     their constant parameters follow the data instead of failing on an unseen context.
     """
-    contexts = param.list_ctx()
-    if ctx not in contexts:
-        param.reset_ctx(contexts + [ctx])
+    if ctx not in param.list_ctx():
+        # Threads that reach new contexts together would each re-create the list and
+        # drop the others' context; contexts are appended, so readers' indices hold.
+        with SETUP_LOCK:
+            contexts = param.list_ctx()
+            if ctx not in contexts:
+                param.reset_ctx(contexts + [ctx])

@@ -11,6 +11,7 @@ from mxnet.gluon.loss import Loss
 
 from .checks import (as_ndarray, as_weight_vector, check_bool, check_choice, check_float,
                      check_ignore_label, check_labels, check_not_empty, check_shape)
+from .first_call import SerializedFirstCall
 from .graph_ops import apply_scalar_weight, detached_label, ensure_on_context
 
 __all__ = ["WeightedSoftmaxCELoss", "weighted_softmax_ce", "NORMALIZATIONS"]
@@ -33,6 +34,21 @@ def _class_axis_shape(axis, ndim):
                          "axis, got ndim=None" % axis)
     trailing = -axis - 1 if axis < 0 else ndim - axis - 1
     return (-1,) + (1,) * trailing
+
+
+def _layout_hint(pred_shape, num_classes):
+    """Where the classes seem to lie when they are not along ``axis``, as a message tail."""
+    ndim = len(pred_shape)
+    axes = [a for a in range(ndim) if pred_shape[a] == num_classes]
+    if not axes:
+        return ""
+    others = {2: ["N"], 3: ["B", "N"], 4: ["B", "H", "W"], 5: ["B", "D", "H", "W"]}.get(
+        ndim, ["d%d" % a for a in range(ndim - 1)])
+    axis = axes[-1]
+    layout = list(others)
+    layout.insert(axis, "C")
+    return ("; pred looks laid out as (%s), with the classes along axis %d: pass axis=%d"
+            % (", ".join(layout), axis, -1 if axis == ndim - 1 else axis))
 
 
 def _guarded_class_weight(F, class_weight, pred, axis):
@@ -237,7 +253,7 @@ def _broadcasts(shape, target, same_ndim):
     return all(s in (1, t) for s, t in zip(shape[::-1], target[::-1]))
 
 
-class WeightedSoftmaxCELoss(Loss):
+class WeightedSoftmaxCELoss(SerializedFirstCall, Loss):
     r"""Softmax cross-entropy with class weights, an ignore label and a choice of normalization.
 
     For position :math:`i` with label :math:`y_i`, prediction :math:`z_i` and
@@ -315,8 +331,9 @@ class WeightedSoftmaxCELoss(Loss):
         ``pred`` already holds log-probabilities.
     ignore_label : int or None, default -1
         Label value whose positions get zero loss and zero gradient (-1 for
-        GluonCV's unsampled proposals, 255 in segmentation). None ignores nothing.
-        Sparse labels only: dense targets carry no label to ignore.
+        GluonCV's unsampled proposals and for GluonCV's segmentation masks, which
+        turn the files' 255 into -1). None ignores nothing. Sparse labels only: dense
+        targets carry no label to ignore.
     normalization : {'valid', 'batch', 'weight', 'null', 'none'}, default 'valid'
         The divisor :math:`Z`, see the table above.
     label_smoothing : float in [0, 1), default 0
@@ -422,7 +439,9 @@ class WeightedSoftmaxCELoss(Loss):
         class_count = pred_shape[axis]
         if self._num_classes is not None and class_count != self._num_classes:
             raise ValueError("pred has %d classes along axis %d (shape %s) but class_weight has "
-                             "length %d" % (class_count, self._axis, pred_shape, self._num_classes))
+                             "length %d%s" % (class_count, self._axis, pred_shape,
+                                              self._num_classes,
+                                              _layout_hint(pred_shape, self._num_classes)))
         position_shape = pred_shape[:axis] + pred_shape[axis + 1:]
         kept_axis_shape = pred_shape[:axis] + (1,) + pred_shape[axis + 1:]
         if self._batch_axis >= len(position_shape):

@@ -673,3 +673,23 @@ def test_property_edge_inputs_never_nan_and_zero_weight_is_exactly_zero(data):
         # float32 log-probabilities err by about 1e-6 of the largest logit.
         np.testing.assert_allclose(value, expected, rtol=1e-4,
                                    atol=1e-5 * max(1.0, scale) * max(1, label.size))
+
+
+@pytest.mark.parametrize("shape, axis, message", [
+    ((2, 6, 7, 21), 1, r"pred has 6 classes along axis 1 \(shape \(2, 6, 7, 21\)\) but class_weight "
+                       r"has length 21; pred looks laid out as \(B, H, W, C\), with the classes "
+                       r"along axis 3: pass axis=-1"),
+    ((2, 21, 6, 7), -1, r"pred looks laid out as \(B, C, H, W\), with the classes along axis 1: "
+                        r"pass axis=1"),
+    ((21, 8), -1, r"pred looks laid out as \(C, N\), with the classes along axis 0: pass axis=0"),
+])
+def test_class_count_error_names_the_layout(shape, axis, message):
+    loss = WeightedSoftmaxCELoss(class_weight=np.ones(21), axis=axis)
+    pred = mx.nd.zeros(shape)
+    label_shape = shape[:axis % len(shape)] + shape[axis % len(shape) + 1:]
+    with pytest.raises(ValueError, match=message):
+        loss(pred, mx.nd.zeros(label_shape))
+    with pytest.raises(ValueError, match=r"has length 21$"):  # no other axis fits: no hint
+        WeightedSoftmaxCELoss(class_weight=np.ones(21), axis=axis)(
+            mx.nd.zeros(tuple(s if s != 21 else 5 for s in shape)),
+            mx.nd.zeros(tuple(s for s in label_shape)))

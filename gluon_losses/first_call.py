@@ -1,0 +1,33 @@
+"""One-time setup of a loss, made safe for concurrent first calls.
+
+GluonCV's ``DataParallelCriterion(..., sync=True)`` and ``Parallel`` call one loss
+object from one thread per context at the same moment. A hybridized ``HybridBlock``
+builds its graph on its first call inside the block's name scope, whose state is
+stored on the block, not per thread: two threads building at once leave that state
+``None`` for one of them (``AttributeError: 'NoneType' object has no attribute
+'__exit__'`` from ``block.name_scope``). A loss's constant parameters, copied to a
+new context on first use, race the same way. Both steps run once per block (per
+context), so they take a lock; later calls do not touch it.
+"""
+import threading
+
+# Held for a graph build and for copying a parameter to a new context (graph_ops.
+# ensure_on_context). Reentrant: a build may run a child block's first call.
+SETUP_LOCK = threading.RLock()
+
+
+class SerializedFirstCall:
+    """Mixin for a ``HybridBlock``: its cached graph is built by one thread at a time.
+
+    Put it before the block's base class (``class MyLoss(SerializedFirstCall, Loss)``).
+    """
+
+    def _call_cached_op(self, *args):
+        if self._cached_op is None:
+            with SETUP_LOCK:
+                # HybridBlock assigns _cached_op last, once everything it needs is set,
+                # so a thread that sees it set outside the lock sees a finished build.
+                if self._cached_op is None:
+                    self._build_cache(*args)
+        return super()._call_cached_op(*args)
+
