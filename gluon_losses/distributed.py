@@ -26,9 +26,17 @@ Usage::
 Choose ``timeout`` above the slowest step (the first one included: it builds graphs
 and broadcasts the parameters). The servers and the scheduler run no Python loop:
 the launcher must stop them when a worker exits with a non-zero code.
+
+A dist kvstore also talks to the cluster when it is freed, at the latest when the
+process exits; with ``watch_exit=True`` the watchdog keeps watching after the
+``with`` block and, at exit, frees unreachable objects (the kvstore among them) under
+the same timeout. Keep the kvstore out of module globals, which Python frees only after
+every thread has stopped.
 """
+import atexit
 import contextlib
 import faulthandler
+import gc
 import os
 import sys
 import threading
@@ -59,13 +67,16 @@ class StallWatchdog:
     on_stall : callable or None
         Called with the message before the process ends (e.g. to log it); must not
         block. Its errors are ignored.
+    watch_exit : bool, default False
+        Keep watching after ``stop()`` until the process exits, and free the kvstore
+        at exit under the timeout (see the module docstring).
 
     The watchdog starts counting at ``start()`` (or on entering the ``with`` block)
     and stops at ``stop()``. :attr:`stalled_for` tells how long since the last beat.
     """
 
     def __init__(self, timeout, what="dist_sync cluster", resume=None,
-                 exit_code=STALL_EXIT_CODE, stream=None, on_stall=None):
+                 exit_code=STALL_EXIT_CODE, stream=None, on_stall=None, watch_exit=False):
         if isinstance(timeout, bool) or not isinstance(timeout, (int, float)) \
                 or not timeout > 0 or timeout == float("inf"):
             raise ValueError("timeout must be a positive number of seconds, got %r"
@@ -81,6 +92,7 @@ class StallWatchdog:
         self.exit_code = exit_code
         self.stream = stream
         self.on_stall = on_stall
+        self.watch_exit = bool(watch_exit)
         self._where = "starting"
         self._last = time.monotonic()
         self._paused = 0
@@ -98,10 +110,22 @@ class StallWatchdog:
         return self
 
     def stop(self):
+        if self.watch_exit and self._thread is not None:
+            self.beat("the end of the watched block (shutting down)")
+            atexit.register(self._exit_under_watch)
+            return
         self._stop.set()
         if self._thread is not None:
             self._thread.join()
             self._thread = None
+
+    def _exit_under_watch(self):
+        # atexit handlers run while threads still do; freeing the kvstore here (it
+        # sits in reference cycles with the trainers) keeps its shutdown watched.
+        self.beat("process exit (freeing the kvstore)")
+        gc.collect()
+        self.watch_exit = False
+        self.stop()
 
     def __enter__(self):
         return self.start()

@@ -55,7 +55,10 @@ def run_cluster(worker_args, cwd, num_workers=2, timeout=120, env=None, meanwhil
             try:
                 output, _ = proc.communicate(timeout=max(1.0, deadline - time.monotonic()))
             except subprocess.TimeoutExpired:
-                pytest.fail("a dist_sync worker did not finish within %d s" % timeout)
+                proc.kill()
+                output, _ = proc.communicate()
+                pytest.fail("a dist_sync worker did not finish within %d s:\n%s"
+                            % (timeout, output.decode(errors="replace")[-3000:]))
             results.append((proc.returncode, output.decode(errors="replace")))
     finally:
         for proc in procs:

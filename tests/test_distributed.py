@@ -126,19 +126,26 @@ def test_killed_worker_stalls_the_other_which_exits_and_a_resume_ends_bitwise_eq
 
 
 @skip_unless_dist
-def test_killed_server_stalls_every_worker_which_all_exit(tmp_path):
+@pytest.mark.parametrize("when, markers", [
+    ("at step", ["checkpoint.json"]),
+    ("at process exit", ["final_rank0.npz", "final_rank1.npz"]),
+])
+def test_killed_server_stalls_every_worker_which_all_exit(tmp_path, when, markers):
+    """Killed mid-training, or once training is done, when the workers' kvstores are
+    yet to shut down (--linger gives the test a second to kill it at that point)."""
     started = []
 
-    def kill_server_after_first_checkpoint(procs):
+    def kill_server_at_the_marker(procs):
         started.extend(procs)
         deadline = time.monotonic() + 60
-        while not os.path.exists(tmp_path / "checkpoint.json") and time.monotonic() < deadline:
-            time.sleep(0.05)
+        while not all((tmp_path / name).exists() for name in markers) \
+                and time.monotonic() < deadline:
+            time.sleep(0.02)
         procs[1].kill()
 
-    results = run_cluster([WORKER, str(tmp_path), "-1", "-1", STALL_TIMEOUT], ROOT, env=ENV,
-                          meanwhile=kill_server_after_first_checkpoint)
+    results = run_cluster([WORKER, str(tmp_path), "-1", "-1", STALL_TIMEOUT, "--linger"],
+                          ROOT, env=ENV, timeout=60, meanwhile=kill_server_at_the_marker)
     for returncode, output in results:
         assert returncode == STALL_EXIT_CODE, output[-3000:]
-        assert "in the dist_sync kvstore, at step" in output
+        assert "in the dist_sync kvstore, %s" % when in output
     assert len(started) == 4 and all(proc.poll() is not None for proc in started)
