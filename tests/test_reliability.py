@@ -83,6 +83,17 @@ def test_focal_issue_repros(pred, gamma, label_smoothing, expected):
 
 
 @pytest.mark.parametrize("gamma", [0.01, 2.0])
+def test_focal_from_log_probabilities_equals_focal_from_logits(gamma):
+    pred, label = focal_batch()
+    log_prob = reference.log_softmax(pred.astype(np.float64)).astype(np.float32)
+    kwargs = dict(gamma=gamma, label_smoothing=0.5, normalization="none")
+    from_logits, _ = value_and_grad(WeightedSoftmaxCELoss(from_logits=True, **kwargs),
+                                    log_prob, label)
+    np.testing.assert_allclose(from_logits, reference.softmax_ce(pred, label, **kwargs),
+                               rtol=2e-5, atol=3e-6)
+
+
+@pytest.mark.parametrize("gamma", [0.01, 2.0])
 def test_focal_dense_labels_in_log_domain(gamma):
     pred, label = focal_batch()
     target = np.eye(3, dtype=np.float32)[label.astype(int)] * 0.7 + 0.1
