@@ -16,7 +16,7 @@ demo: $(STAMP)
 	$(BIN)/python -m examples.center_loss --out runs/demo
 
 test: $(STAMP)
-	$(BIN)/python -m pytest -q tests; rc=$$?; if [ $$rc -eq 5 ]; then echo "no tests collected"; exit 0; fi; exit $$rc
+	$(BIN)/python -m pytest -q tests
 
 bench: $(STAMP)
 	$(BIN)/python -m bench.bench_softmax_ce

@@ -324,14 +324,12 @@ def small_case_worker(rounds, block, warmup):
 def run_small_case(processes, rounds, block, warmup_ms):
     """small_case_worker in ``processes`` fresh Python processes, one after another."""
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join(
-        [root] + [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p]))
     command = [sys.executable, "-m", "bench.bench_center", "--small-case-worker",
                "--rounds", str(rounds), "--block", str(block), "--warmup-ms", str(warmup_ms)]
     runs = []
     for _ in tqdm(range(processes), desc="MNIST-like case, fresh processes", unit="process",
                   file=sys.stderr, leave=False):
-        done = subprocess.run(command, cwd=root, env=env, capture_output=True, text=True,
+        done = subprocess.run(command, cwd=root, capture_output=True, text=True,
                               check=True)
         runs.append(json.loads(done.stdout.strip().splitlines()[-1]))
     return runs

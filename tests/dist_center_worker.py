@@ -5,7 +5,7 @@ Started by the test with DMLC_ROLE=worker (the scheduler and the server are plai
 the same CenterLoss on its half of every batch and writes its centers after each step
 to ``<out_dir>/centers_rank<r>_step<s>.npy``.
 
-    python tests/dist_center_worker.py OUT_DIR
+    python -m tests.dist_center_worker OUT_DIR      # from the repository root
 """
 import os
 import sys
@@ -14,8 +14,7 @@ import numpy as np
 import mxnet as mx
 from mxnet import autograd, gluon, nd
 
-sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
-from gluon_losses import CenterLoss  # noqa: E402
+from gluon_losses import CenterLoss
 
 # Shared with the test, which replays the same batches in one process.
 NUM_CLASSES, FEATURE_DIM, BATCH, STEPS, ALPHA, SEED = 40, 4, 48, 4, 0.6, 3

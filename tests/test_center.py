@@ -1,6 +1,5 @@
 """CenterLoss: value, gradient and the paper's center update (Wen et al. 2016, Eq. 4)."""
 import os
-import sys
 
 import numpy as np
 import pytest
@@ -11,10 +10,8 @@ from hypothesis import HealthCheck, given, settings, strategies as st
 from gluon_losses import CenterLoss, WeightedSoftmaxCELoss
 from gluon_losses import center as center_module
 
-HERE = os.path.dirname(os.path.abspath(__file__))
-ROOT = os.path.dirname(HERE)
-sys.path.insert(0, HERE)
-import dist_center_worker as dist_worker  # noqa: E402
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+import dist_center_worker as dist_worker
 from loopback_cluster import run_dist_sync, skip_unless_dist
 from recorded_labels import OutputsAndLabels
 from reference import eq4_reference, loss_reference
@@ -351,16 +348,14 @@ def test_allreduce_hook_for_horovod_style_data_parallelism(dense):
 @skip_unless_dist
 @DENSE
 def test_dist_sync_loopback_workers_identical_and_equal_to_single(tmp_path, dense):
-    env = dict(os.environ, PYTHONPATH=ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""))
-    worker = os.path.join(HERE, "dist_center_worker.py")
+    # Run from ROOT, which python -m / -c put on sys.path (tests/ is a namespace package).
     # The worker's table is small (dense by default); the row_sparse run lowers the
-    # threshold to 0 before running the same script.
+    # threshold to 0 before running the same module.
     assert dist_worker.NUM_CLASSES * dist_worker.FEATURE_DIM <= center_module.DENSE_MAX_ELEMENTS
-    args = [worker] if dense else [
-        "-c", "import runpy, sys; import gluon_losses.center as c; "
-              "c.DENSE_MAX_ELEMENTS = 0; sys.argv = sys.argv[1:]; "
-              "runpy.run_path(sys.argv[0], run_name='__main__')", worker]
-    run_dist_sync(args + [str(tmp_path)], cwd=ROOT, env=env)
+    args = ["-m", "tests.dist_center_worker"] if dense else [
+        "-c", "import runpy; import gluon_losses.center as c; c.DENSE_MAX_ELEMENTS = 0; "
+              "runpy.run_module('tests.dist_center_worker', run_name='__main__')"]
+    run_dist_sync(args + [str(tmp_path)], cwd=ROOT)
 
     ref = np.zeros((dist_worker.NUM_CLASSES, dist_worker.FEATURE_DIM))
     counts = np.zeros(dist_worker.NUM_CLASSES)

@@ -1,4 +1,4 @@
 """``python -m examples.center_loss``: softmax vs softmax + center loss."""
-from .train import main
+from examples.center_loss.cli import main
 
 main()

@@ -1,14 +1,13 @@
-"""Data for ``train_center.py``: scikit-learn digits, or MNIST / Fashion-MNIST from local files.
+"""Data of the center-loss example: scikit-learn digits, or MNIST / Fashion-MNIST from local files.
 
 Everything is returned as NumPy arrays ``(images NCHW float32 in [0, 1], labels int64)``;
-the training script does the batching itself so that the batch order depends only on
+the training loop does the batching itself so that the batch order depends only on
 ``--seed`` and the epoch (which is what makes ``--resume`` exact).
 
 Nothing here downloads anything. gluon's ``MNIST`` reader downloads a file when it is
 missing *or* when its SHA-1 differs from the official one, so :func:`load_mnist_like`
 checks the files first and hands gluon hashes it cannot disagree with.
 """
-import gzip
 import hashlib
 import os
 
@@ -169,10 +168,8 @@ def subsample_imbalanced(labels, ratio, minority, seed=0):
     return np.sort(np.concatenate(keep))
 
 
-def write_idx_gz(path, array):
-    """Write ``array`` (uint8) in MNIST's idx format, gzipped (used by the tests)."""
-    array = np.asarray(array, dtype=np.uint8)
-    magic = 0x0800 | array.ndim
-    header = magic.to_bytes(4, "big") + b"".join(int(d).to_bytes(4, "big") for d in array.shape)
-    with gzip.open(path, "wb") as handle:
-        handle.write(header + array.tobytes())
+def batches(n, batch_size, seed, index):
+    """Shuffled index batches of epoch ``index`` (counted from 0); the order depends only
+    on ``seed`` and ``index``, so a resumed run sees the batches a straight one would."""
+    order = np.random.RandomState([seed, index]).permutation(n)
+    return [order[i:i + batch_size] for i in range(0, n, batch_size)]

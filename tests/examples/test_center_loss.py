@@ -1,4 +1,6 @@
-"""Smoke tests of examples/center_loss: outputs, resume, devices, imbalance, data errors."""
+"""examples/center_loss: outputs, exact resume, devices, imbalance, data errors, gradients."""
+import gzip
+import inspect
 import json
 import math
 import os
@@ -9,20 +11,27 @@ import numpy as np
 import mxnet as mx
 import pytest
 
+from examples.center_loss import cli
 from examples.center_loss import data as center_data
-from examples.center_loss.train import main
+from examples.center_loss.train import run
 from loopback_cluster import run_dist_sync, skip_unless_dist
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 # A small network and a few batches keep each run to a few seconds.
-TINY = ["--channels", "4,8,8", "--convs-per-stage", "1", "--batch-size", "32", "--quiet"]
-OUTPUTS = ["args.json", "metrics.json", "train.log", "features_softmax.png",
+TINY = dict(channels=(4, 8, 8), convs_per_stage=1, batch_size=32, quiet=True)
+TINY_FLAGS = ["--channels", "4,8,8", "--convs-per-stage", "1", "--batch-size", "32", "--quiet"]
+OUTPUTS = ["args.json", "results.json", "train.log", "features_softmax.png",
            "features_center.png", "loss_curves.png", "softmax-net.params", "center-net.params",
            "centers.params", "checkpoints/checkpoint.json"]
 
 
-def run(out, *extra):
-    return main(["--out", str(out)] + TINY + list(extra))
+def write_idx_gz(path, array):
+    """Write ``array`` (uint8) in MNIST's idx format, gzipped."""
+    array = np.asarray(array, dtype=np.uint8)
+    magic = 0x0800 | array.ndim
+    header = magic.to_bytes(4, "big") + b"".join(int(d).to_bytes(4, "big") for d in array.shape)
+    with gzip.open(path, "wb") as handle:
+        handle.write(header + array.tobytes())
 
 
 def params_of(out):
@@ -36,12 +45,16 @@ def params_of(out):
     return arrays
 
 
-def test_smoke_writes_every_output_with_finite_metrics(tmp_path):
-    metrics = run(tmp_path, "--epochs", "2", "--max-batches", "3")
+def test_smoke_writes_every_output_with_finite_metrics(tmp_path, capfd):
+    metrics = run(str(tmp_path), epochs=2, max_iters=3, **TINY)
+    # quiet: nothing on the console, everything in the log file
+    console = capfd.readouterr()
+    assert "epoch" not in console.out + console.err
+    assert "epoch  2/2" in (tmp_path / "train.log").read_text()
     for name in OUTPUTS:
         assert (tmp_path / name).is_file(), name
         assert (tmp_path / name).stat().st_size > 0, name
-    saved = json.loads((tmp_path / "metrics.json").read_text())
+    saved = json.loads((tmp_path / "results.json").read_text())
     assert saved["train_counts"] == metrics["train_counts"]
     for model in ("softmax", "center"):
         for key in ("test_accuracy", "balanced_accuracy", "compactness",
@@ -65,17 +78,18 @@ def test_smoke_writes_every_output_with_finite_metrics(tmp_path):
 
 def test_resume_continues_exactly(tmp_path):
     straight, split = tmp_path / "straight", tmp_path / "split"
-    common = ["--max-batches", "4", "--lr-steps", "1", "--seed", "3"]
-    run(straight, "--epochs", "2", *common)
-    run(split, "--epochs", "1", *common)
+    experiment = dict(TINY, max_iters=4, lr_decay_epochs="1", seed=3)
+    run(str(straight), epochs=2, **experiment)
+    run(str(split), epochs=1, **experiment)
     first = params_of(split)
     # resuming into another folder reads the first one's checkpoint
-    elsewhere = main(["--resume", str(split), "--out", str(tmp_path / "elsewhere"),
-                      "--epochs", "2", "--quiet"])
+    elsewhere = run(str(tmp_path / "elsewhere"), resume=str(split), epochs=2, **experiment)
     assert [h["epoch"] for h in elsewhere["history"]] == [1, 2]
+    # the lr schedule resumed with the optimizer: epoch 2 runs at the decayed rate
+    assert [h["lr"] for h in elsewhere["history"]] == pytest.approx([0.003, 0.0003], rel=1e-12)
     for key, value in params_of(tmp_path / "elsewhere").items():
         np.testing.assert_array_equal(value, params_of(straight)[key], err_msg=key)
-    resumed = main(["--resume", str(split), "--epochs", "2", "--quiet"])
+    resumed = run(str(split), resume=str(split), epochs=2, **experiment)
     assert [h["epoch"] for h in resumed["history"]] == [1, 2]
     a, b = params_of(straight), params_of(split)
     assert sorted(a) == sorted(b) and len(a) >= 10
@@ -84,23 +98,29 @@ def test_resume_continues_exactly(tmp_path):
     # and the resumed epoch really trained (centers moved on from epoch 1)
     center_key = [k for k in a if k.startswith("centers/") and k.endswith("centers")][0]
     assert not np.array_equal(first[center_key], b[center_key])
-    hist_a = json.loads((straight / "metrics.json").read_text())["history"]
-    hist_b = json.loads((split / "metrics.json").read_text())["history"]
+    hist_a = json.loads((straight / "results.json").read_text())["history"]
+    hist_b = json.loads((split / "results.json").read_text())["history"]
     for ha, hb in zip(hist_a, hist_b):
         assert ha["softmax"] == hb["softmax"] and ha["center"] == hb["center"]
 
 
 def test_resume_refuses_changed_experiment(tmp_path):
-    run(tmp_path, "--epochs", "1", "--max-batches", "1")
-    with pytest.raises(SystemExit, match="--lambda"):
-        main(["--resume", str(tmp_path), "--lambda", "0.5", "--epochs", "2"])
+    run(str(tmp_path), epochs=1, max_iters=1, **TINY)
+    with pytest.raises(ValueError, match=r"lam 0\.5 \(saved: 0\.01\)"):
+        run(str(tmp_path), resume=str(tmp_path), lam=0.5, epochs=2, **TINY)
+
+
+def test_every_flag_is_an_argument_of_run():
+    dests = {a.dest for a in cli.build_parser()._actions} - {"help"}
+    assert dests == set(inspect.signature(run).parameters) - {"command"}
+    assert cli.DEFAULTS["lam"] == 0.01 and cli.DEFAULTS["beta"] == 0.999
 
 
 def test_two_cpu_contexts_kvstore_and_imbalance(tmp_path):
-    metrics = run(tmp_path, "--epochs", "1", "--max-batches", "3", "--ctx", "cpu:0,cpu:1",
-                  "--kvstore", "local", "--imbalance", "5", "--no-hybridize")
+    metrics = run(str(tmp_path), epochs=1, max_iters=3, ctx="cpu:0,cpu:1", kvstore="local",
+                  imbalance=5, hybridize=False, **TINY)
     counts = metrics["train_counts"]
-    assert metrics["class_weight"] == "inverse"
+    assert metrics["class_weighting"] == "inverse"
     assert metrics["minority_classes"] == [5, 6, 7, 8, 9]
     assert max(counts[5:]) * 4 < min(counts[:5])              # 1/5 of the minority kept
     weights = np.array(metrics["class_weights"])
@@ -112,7 +132,7 @@ def test_two_cpu_contexts_kvstore_and_imbalance(tmp_path):
 
 def test_mnist_missing_files_say_what_to_put_where(tmp_path):
     with pytest.raises(center_data.DataError) as err:
-        main(["--dataset", "mnist", "--data-dir", str(tmp_path), "--out", str(tmp_path / "o")])
+        run(str(tmp_path / "o"), dataset="mnist", data_dir=str(tmp_path), **TINY)
     message = str(err.value)
     for name in center_data.MNIST_FILES["mnist"]:
         assert name in message
@@ -133,30 +153,31 @@ def test_mnist_reads_local_files_through_gluon_without_download(tmp_path, monkey
     for prefix, n in (("train", 40), ("t10k", 20)):
         labels = np.arange(n) % 10
         images = (rng.rand(n, 28, 28) * 80).astype(np.uint8)
-        center_data.write_idx_gz(tmp_path / ("%s-images-idx3-ubyte.gz" % prefix), images)
-        center_data.write_idx_gz(tmp_path / ("%s-labels-idx1-ubyte.gz" % prefix), labels)
+        write_idx_gz(tmp_path / ("%s-images-idx3-ubyte.gz" % prefix), images)
+        write_idx_gz(tmp_path / ("%s-labels-idx1-ubyte.gz" % prefix), labels)
     (x_tr, y_tr), (x_te, y_te) = center_data.load("mnist", str(tmp_path), 16)
     assert x_tr.shape == (40, 1, 16, 16) and x_te.shape == (20, 1, 16, 16)
     assert y_tr.tolist() == (np.arange(40) % 10).tolist()
     assert 0.0 <= x_tr.min() and x_tr.max() <= 1.0
-    metrics = main(["--dataset", "mnist", "--data-dir", str(tmp_path), "--size", "16",
-                    "--out", str(tmp_path / "run"), "--epochs", "1"] + TINY)
+    metrics = run(str(tmp_path / "run"), dataset="mnist", data_dir=str(tmp_path), size=16,
+                  epochs=1, **TINY)
     assert metrics["train_counts"] == [4] * 10
 
 
 def test_runs_as_module():
-    out = subprocess.run([sys.executable, "-m", "examples.center_loss", "--help"], cwd=ROOT, capture_output=True,
-                         text=True, timeout=120)
+    out = subprocess.run([sys.executable, "-m", "examples.center_loss", "--help"], cwd=ROOT,
+                         capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr
     for flag in ("--lambda", "--alpha", "--resume", "--imbalance", "--kvstore", "--gpus",
-                 "--hybridize", "--seed", "--quiet", "--dataset", "--data-dir"):
+                 "--no-hybridize", "--seed", "--quiet", "--dataset", "--data-dir",
+                 "--class-weighting", "--lr-decay-epochs", "--max-iters"):
         assert flag in out.stdout
 
 
 def test_network_gradients_hybridized_match_imperative_and_finite_differences():
     from mxnet import autograd
     import gluon_losses
-    from examples.center_loss.train import LeNetsPP
+    from examples.center_loss.model import LeNetsPP
     (x, y), _ = center_data.load_digits(16)
     x, y = mx.nd.array(x[:32]), mx.nd.array(y[:32].astype(np.float32))
     grads = []
@@ -192,9 +213,9 @@ def test_network_gradients_hybridized_match_imperative_and_finite_differences():
 def test_dist_sync_two_workers_agree_and_equal_one_process(tmp_path):
     """Loopback dist_sync: each worker trains on its half of every batch."""
     args = ["--out", str(tmp_path / "dist"), "--kvstore", "dist_sync", "--epochs", "1",
-            "--max-batches", "3"] + TINY
+            "--max-iters", "3"] + TINY_FLAGS
     run_dist_sync(["-m", "examples.center_loss"] + args, cwd=ROOT)
-    run(tmp_path / "single", "--epochs", "1", "--max-batches", "3")
+    run(str(tmp_path / "single"), epochs=1, max_iters=3, **TINY)
     rank0, rank1 = params_of(tmp_path / "dist"), params_of(tmp_path / "dist" / "worker-1")
     single = params_of(tmp_path / "single")
     for key in rank0:

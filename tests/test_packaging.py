@@ -1,0 +1,81 @@
+"""Packaging: the library needs mxnet and numpy only; training-only packages stay optional."""
+import ast
+import configparser
+import os
+import subprocess
+import sys
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+PACKAGE = os.path.join(ROOT, "gluon_losses")
+# Installed by the `train` extra only; `import gluon_losses` must not pull any of them.
+TRAINING_ONLY = ("gluoncv", "sklearn", "tqdm", "matplotlib", "pandas")
+
+
+def read_setup_cfg():
+    config = configparser.ConfigParser()
+    config.read(os.path.join(ROOT, "setup.cfg"))
+    return config
+
+
+def requirement_lines(value):
+    return [line.strip() for line in value.splitlines()
+            if line.strip() and not line.strip().startswith("#")]
+
+
+def test_install_requires_is_exactly_mxnet_and_pinned_numpy():
+    config = read_setup_cfg()
+    assert requirement_lines(config["options"]["install_requires"]) == [
+        "mxnet==1.9.1", "numpy>=1.17,<1.24"]
+
+
+def test_training_packages_live_in_extras():
+    extras = read_setup_cfg()["options.extras_require"]
+    assert set(extras) == {"train", "test", "bench"}
+    train = " ".join(requirement_lines(extras["train"]))
+    for name in ("gluoncv", "opencv-python", "pandas", "matplotlib", "scipy", "Pillow",
+                 "scikit-learn", "tqdm"):
+        assert name in train, name
+
+
+def test_python_requires_allows_boolean_optional_action():
+    # the examples use argparse.BooleanOptionalAction (new in 3.9)
+    assert read_setup_cfg()["options"]["python_requires"].strip() == ">=3.9"
+
+
+def top_level_imports(path):
+    """Absolute module names imported by ``path`` outside any function or class body."""
+    with open(path) as handle:
+        tree = ast.parse(handle.read(), path)
+    names = set()
+    for node in tree.body:
+        if isinstance(node, ast.Import):
+            names.update(alias.name.split(".")[0] for alias in node.names)
+        elif isinstance(node, ast.ImportFrom) and node.level == 0:
+            names.add(node.module.split(".")[0])
+    return names
+
+
+def test_library_files_import_only_numpy_mxnet_and_the_standard_library():
+    allowed = {"numpy", "mxnet"} | set(sys.stdlib_module_names)
+    files = []
+    for folder, _, names in os.walk(PACKAGE):
+        files += [os.path.join(folder, n) for n in names if n.endswith(".py")]
+    assert len(files) >= 8
+    for path in files:
+        extra = top_level_imports(path) - allowed
+        assert not extra, "%s imports %s at module level" % (os.path.relpath(path, ROOT),
+                                                              sorted(extra))
+
+
+def test_import_gluon_losses_loads_nothing_beyond_mxnet():
+    # mxnet itself imports scipy, cv2 and sklearn when they are installed, so the check is
+    # what `import gluon_losses` loads on top of `import mxnet`.
+    code = ("import sys, numpy, mxnet; before = set(sys.modules); import gluon_losses; "
+            "print(sorted({m.split('.')[0] for m in set(sys.modules) - before}))")
+    done = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True,
+                          text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    loaded = set(ast.literal_eval(done.stdout.strip().splitlines()[-1]))
+    assert "gluon_losses" in loaded
+    assert not set(TRAINING_ONLY) & loaded
+    assert loaded <= {"gluon_losses"} | set(sys.stdlib_module_names), loaded
