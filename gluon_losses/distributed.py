@@ -23,14 +23,16 @@ Usage::
             with watchdog.paused():               # a long evaluation or checkpoint
                 evaluate()
 
-Choose ``timeout`` above the slowest step (the first one included: it builds graphs
-and broadcasts the parameters). The servers and the scheduler run no Python loop:
-the launcher must stop them when a worker exits with a non-zero code.
+Choose ``timeout`` above the longest time between two beats on any worker: the first
+step (it builds graphs and broadcasts the parameters), and an evaluation or a
+checkpoint, since a worker still evaluating holds the others at their next kvstore
+call (``paused`` stops only this process's count). The servers and the scheduler run
+no Python loop: the launcher must stop them when a worker exits with a non-zero code.
 
 A dist kvstore also talks to the cluster when it is freed, at the latest when the
-process exits; with ``watch_exit=True`` the watchdog keeps watching after the
-``with`` block and, at exit, frees unreachable objects (the kvstore among them) under
-the same timeout. Keep the kvstore out of module globals, which Python frees only after
+process exits; with ``watch_exit=True`` the watchdog, once stopped, watches the
+process's exit: it frees unreachable objects (the kvstore among them) under the same
+timeout. Keep the kvstore out of module globals, which Python frees only after
 every thread has stopped.
 """
 import atexit
@@ -53,8 +55,10 @@ class StallWatchdog:
 
     Parameters
     ----------
-    timeout : float
-        Seconds without a :meth:`beat` after which the process is ended (> 0).
+    timeout : float or None
+        Seconds without a :meth:`beat` after which the process is ended (> 0). None:
+        the watchdog watches nothing, so one loop serves runs with and without a
+        cluster.
     what : str, default "dist_sync cluster"
         What the loop waits on, named in the message (e.g. ``"dist_sync kvstore"``).
     resume : str or None
@@ -68,8 +72,8 @@ class StallWatchdog:
         Called with the message before the process ends (e.g. to log it); must not
         block. Its errors are ignored.
     watch_exit : bool, default False
-        Keep watching after ``stop()`` until the process exits, and free the kvstore
-        at exit under the timeout (see the module docstring).
+        After ``stop()``, watch the process's exit: at exit, free the kvstore under the
+        timeout (see the module docstring). Nothing is watched in between.
 
     The watchdog starts counting at ``start()`` (or on entering the ``with`` block)
     and stops at ``stop()``. :attr:`stalled_for` tells how long since the last beat.
@@ -77,16 +81,17 @@ class StallWatchdog:
 
     def __init__(self, timeout, what="dist_sync cluster", resume=None,
                  exit_code=STALL_EXIT_CODE, stream=None, on_stall=None, watch_exit=False):
-        if isinstance(timeout, bool) or not isinstance(timeout, (int, float)) \
-                or not timeout > 0 or timeout == float("inf"):
-            raise ValueError("timeout must be a positive number of seconds, got %r"
+        if timeout is not None and (isinstance(timeout, bool)
+                                    or not isinstance(timeout, (int, float))
+                                    or not 0 < timeout < float("inf")):
+            raise ValueError("timeout must be a positive number of seconds or None, got %r"
                              % (timeout,))
         if isinstance(exit_code, bool) or not isinstance(exit_code, int) \
                 or not 0 < exit_code < 256:
             raise ValueError("exit_code must be an integer in [1, 255], got %r" % (exit_code,))
         if on_stall is not None and not callable(on_stall):
             raise ValueError("on_stall must be callable or None, got %r" % (on_stall,))
-        self.timeout = float(timeout)
+        self.timeout = None if timeout is None else float(timeout)
         self.what = what
         self.resume = resume
         self.exit_code = exit_code
@@ -101,7 +106,7 @@ class StallWatchdog:
         self._thread = None
 
     def start(self):
-        if self._thread is None:
+        if self._thread is None and self.timeout is not None:
             self._stop.clear()
             self._last = time.monotonic()
             self._thread = threading.Thread(target=self._watch, name="StallWatchdog",
@@ -111,7 +116,9 @@ class StallWatchdog:
 
     def stop(self):
         if self.watch_exit and self._thread is not None:
-            self.beat("the end of the watched block (shutting down)")
+            # Not counting until the process exits, where the kvstore shuts down.
+            with self._lock:
+                self._paused += 1
             atexit.register(self._exit_under_watch)
             return
         self._stop.set()
@@ -122,6 +129,8 @@ class StallWatchdog:
     def _exit_under_watch(self):
         # atexit handlers run while threads still do; freeing the kvstore here (it
         # sits in reference cycles with the trainers) keeps its shutdown watched.
+        with self._lock:
+            self._paused -= 1
         self.beat("process exit (freeing the kvstore)")
         gc.collect()
         self.watch_exit = False

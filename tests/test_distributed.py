@@ -67,6 +67,13 @@ def test_bad_arguments_are_named(kwargs, name):
         StallWatchdog(**kwargs)
 
 
+def test_timeout_none_watches_nothing():
+    watchdog = StallWatchdog(None, watch_exit=True)
+    with watchdog:
+        watchdog.beat("a")
+    assert watchdog._thread is None
+
+
 def test_stalled_for_counts_from_the_last_beat_and_not_while_paused():
     watchdog = StallWatchdog(60)
     watchdog.beat("a")
