@@ -15,7 +15,9 @@ that changes it every step reuses one graph; the caches are bounded all the same
 from collections import OrderedDict
 
 import mxnet as mx
-from mxnet import nd
+# Not "from mxnet import nd": a kvstore server imports this module (through
+# center_optimizer) while mxnet is still initializing, before the alias exists.
+import mxnet.ndarray as nd
 
 __all__ = ["apply_center_update", "apply_dense_center_update", "eq4_rows"]
 

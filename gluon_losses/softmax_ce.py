@@ -93,6 +93,10 @@ def weighted_softmax_ce(F, pred, label, class_weight=None, sample_weight=None, a
     """
     log_prob = pred if from_logits else F.log_softmax(pred, axis=axis)
     label = detached_label(F, label)
+    if class_weight is not None:
+        # Constants in every graph: run by Module or a SymbolBlock, the weights would
+        # otherwise get a gradient, NaN from the padding of the guarded lookup.
+        class_weight = F.BlockGrad(class_weight)
     sign = 1.0
     if sparse_label:
         keep = None if ignore_label is None else label != ignore_label
@@ -393,7 +397,8 @@ class WeightedSoftmaxCELoss(SerializedFirstCall, Loss):
             self._num_classes = weights.size
             self.class_weight = self.params.get(
                 "class_weight", shape=weights.shape, grad_req="null",
-                init=mx.init.Constant(weights), differentiable=False)
+                init=mx.init.Constant(weights), differentiable=False, lr_mult=0.0,
+                wd_mult=0.0)
             # Initialized here so the loss needs no initialize() call, like gluon's losses.
             self.class_weight.initialize(ctx=mx.cpu())
 

@@ -1,0 +1,4 @@
+"""``python -m examples.module_api``: see ``examples/module_api/cli.py`` for the flags."""
+from .cli import main
+
+main()

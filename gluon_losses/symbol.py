@@ -1,0 +1,339 @@
+r"""The package's losses for ``mx.sym`` graphs trained with ``mx.mod.Module``.
+
+* :func:`weighted_softmax_output`: a class-weighted drop-in for
+  ``mx.sym.SoftmaxOutput``: it returns the probabilities and back-propagates the
+  weighted cross-entropy gradient, whatever the head gradient.
+* :class:`WeightedCrossEntropy`: an ``mx.metric`` that logs the weighted loss value
+  from those probabilities.
+* :func:`center_loss` and :func:`with_center_update`: the center loss as a loss
+  layer, and an optimizer that moves its centers by Eq. 4 of Wen et al. (ECCV 2016)
+  under any kvstore.
+
+Class weights are constants of the graph: their values sit in the attributes of one
+operator node, so they are saved in the symbol JSON and nothing that sets or trains
+parameters can reach them.
+"""
+import numpy as np
+import mxnet as mx
+
+from .center import center_loss as _center_loss_graph
+from .center_optimizer import (CENTER_STATE_SUFFIX, apply_center_state_update,
+                               center_state_name, with_center_update)
+from .checks import as_weight_vector, check_choice, check_float, check_ignore_label, check_int
+from .graph_ops import detached_label
+from .softmax_ce import weighted_softmax_ce
+
+__all__ = ["weighted_softmax_output", "WeightedCrossEntropy", "center_loss",
+           "with_center_update", "center_state_name", "apply_center_state_update",
+           "graph_constant", "CENTER_STATE_SUFFIX", "CONSTANT_MAX"]
+
+SOFTMAX_OUTPUT_NORMALIZATIONS = ("valid", "batch", "null")
+
+
+# graph_constant doubles each value inside the graph before halving it back: exact
+# for magnitudes up to this, and FLT_MAX doubled is how +inf is stored.
+CONSTANT_MAX = 2.0 ** 126
+_FLOAT32_MAX = float(np.finfo(np.float32).max)
+
+
+def graph_constant(values, name=None):
+    r"""A ``(L,)`` float32 symbol whose values are stored in the graph itself.
+
+    The values are the ``sizes`` attribute of one ``MultiBoxPrior`` node on a grid of
+    height 2 and width 1, with ratio 1, offset 0 and step 1: the anchor of size
+    :math:`s` at the first cell is centred on 0 with half-width :math:`s \cdot 2 / 1
+    / 2`, so its third column (x_max) is :math:`s`, exactly (doubling and halving are
+    exact in binary floating point). ``FLT_MAX`` doubled overflows, which stores
+    ``+inf``. The attribute keeps every float32 value exactly through
+    ``tojson``/``load_json``, so a saved checkpoint restores the same constants, and
+    the node has no variable input for ``init_params``, ``set_params`` or an
+    optimizer to change. Cost: 4 nodes of L elements per forward pass, no backward;
+    the JSON grows by about 20 bytes per value.
+
+    Parameters
+    ----------
+    values : sequence of float
+        Finite values with magnitude at most ``CONSTANT_MAX`` (2**126), or ``+inf``.
+    name : str or None
+        Name of the last node (its output is ``<name>_output``).
+    """
+    array = np.asarray(values, dtype=np.float64).ravel()
+    bad = np.flatnonzero(np.isnan(array) | (array == -np.inf)
+                         | (np.isfinite(array) & (np.abs(array) > CONSTANT_MAX)))
+    if array.size == 0 or bad.size:
+        raise ValueError("values must be a non-empty sequence of finite numbers of magnitude "
+                         "<= 2**126 or +inf, got %r" % (array[bad[0]] if bad.size else values,))
+    # float32 -> exact Python floats, whose repr reads back as the same float32.
+    sizes = tuple(float(v) if np.isfinite(v) else _FLOAT32_MAX
+                  for v in array.astype(np.float32))
+    anchors = mx.sym.contrib.MultiBoxPrior(
+        mx.sym.zeros((1, 1, 2, 1)), sizes=sizes, ratios=(1.0,), offsets=(0.0, 0.0),
+        steps=(1.0, 1.0), name=None if name is None else name + "_anchors")
+    x_max = mx.sym.slice(anchors, begin=(0, 0, 2), end=(1, len(sizes), 3))
+    return mx.sym.reshape(x_max, shape=(-1,), name=name)
+
+
+def _position_weights(data, label, class_weight, ignore, name):
+    r"""Per-position :math:`w_{y_i}` (label's shape): ``+inf`` where a label is bad.
+
+    One lookup in a table laid out for ``label + 2``: ``[inf, e, w_0 .. w_{C-1}, inf]``
+    with ``e`` the entry of -1 (1 when -1 is ignored, else inf). ``take`` clips indices,
+    so labels below -1 or at or above C land on an inf end. Any other ignore label
+    (e.g. 255) is moved onto the ``e`` slot first; the weight of an ignored position
+    does not matter, as its gradient is 0. The weights pass a ``reshape_like`` against
+    the class axis of ``data``, so a wrong length fails at bind, naming
+    ``<name>_class_weight_check``.
+    """
+    ignored_entry = 1.0 if ignore is not None else np.inf
+    classes = mx.sym.contrib.arange_like(data, axis=1)
+    if class_weight is None:
+        ends = graph_constant([np.inf, ignored_entry, np.inf])
+        middle = mx.sym.ones_like(classes)
+        head, tail = (mx.sym.slice_axis(ends, axis=0, begin=0, end=2),
+                      mx.sym.slice_axis(ends, axis=0, begin=2, end=3))
+    else:
+        table = graph_constant(np.concatenate([[np.inf, ignored_entry], class_weight, [np.inf]]),
+                               name=None if name is None else name + "_class_weight")
+        head, tail = (mx.sym.slice_axis(table, axis=0, begin=0, end=2),
+                      mx.sym.slice_axis(table, axis=0, begin=-1, end=None))
+        # reshape_like checks sizes (reshape with 0 or -1 in the shape does not).
+        middle = mx.sym.reshape_like(
+            mx.sym.slice_axis(table, axis=0, begin=2, end=-1), classes,
+            name=None if name is None else name + "_class_weight_check")
+    index = label + 2.0
+    if ignore is not None and ignore != -1:
+        index = index - (label == ignore) * float(ignore + 1)
+    return mx.sym.take(mx.sym.concat(head, middle, tail, dim=0), index)
+
+
+def weighted_softmax_output(data, label, class_weight=None, ignore_label=-1, use_ignore=True,
+                            normalization="valid", multi_output=False, grad_scale=1.0,
+                            name=None):
+    r"""Class-weighted drop-in for ``mx.sym.SoftmaxOutput``.
+
+    Forward returns :math:`p = \mathrm{softmax}(z)` along axis 1, shaped like
+    ``data``: ``SoftmaxOutput``'s own output, bitwise, so ``mx.metric.Accuracy``,
+    metrics reading ``preds[0]`` and ``mod.predict`` work unchanged, and the output
+    is named ``<name>_output`` as ``SoftmaxOutput``'s. Backward ignores the head
+    gradient and gives the gradient of the weighted cross-entropy,
+
+    .. math::
+
+        \frac{\partial L}{\partial z_i} = \frac{s}{Z}\, w_{y_i}\,
+            \big(p_i - \mathrm{onehot}(y_i)\big)
+        \quad (0 \text{ where } y_i = \text{ignore\_label}),
+
+    with :math:`s` = ``grad_scale``, :math:`w` = ``class_weight`` (ones when None)
+    and :math:`Z` exactly as ``SoftmaxOutput`` divides, since it is
+    ``SoftmaxOutput`` that computes it:
+
+    ============== ============================== =====================================
+    normalization  ``multi_output=False``          ``multi_output=True``
+    ============== ============================== =====================================
+    valid          max(1, #non-ignored labels)     max(1, #non-ignored labels)
+    batch          N                               B x positions per sample
+    null           1                               positions per sample
+    ============== ============================== =====================================
+
+    The weights enter through ``z' = BlockGrad(z) + (z - BlockGrad(z)) w_y``: the
+    value of ``z`` exactly, the gradient scaled per position by :math:`w_{y_i}`.
+    A label outside ``[0, C)`` that is not ignored makes that position's output (and
+    gradient) NaN. Non-integer labels are truncated, as ``SoftmaxOutput`` does. The
+    loss value itself is not an output; log it with :class:`WeightedCrossEntropy`.
+
+    Defaults differ from ``SoftmaxOutput``'s (``use_ignore=False``,
+    ``normalization='null'``): pass them explicitly when replacing a call that
+    relied on those.
+
+    Parameters
+    ----------
+    data : Symbol
+        Scores: ``(N, C)``, or with ``multi_output=True`` ``(B, C, d1, ...)``.
+    label : Symbol
+        Class ids: ``(N,)``, or ``(B, d1, ...)`` (also accepted flattened,
+        ``(B, d1 * ...)``).
+    class_weight : list or ndarray of C non-negative floats, or None
+        :math:`w`, stored in the graph as a constant (see :func:`graph_constant`),
+        so it is saved with the symbol and no optimizer or ``set_params`` reaches it.
+        A length other than C fails when the graph is bound, naming the node
+        ``<name>_class_weight_check``.
+    ignore_label : int, default -1
+        Label whose positions get no gradient when ``use_ignore`` is True.
+    use_ignore : bool, default True
+        False: no label is ignored, so ``ignore_label`` is a bad label (NaN).
+    normalization : {'valid', 'batch', 'null'}, default 'valid'
+        :math:`Z`, see the table.
+    multi_output : bool, default False
+        One softmax per position of axes 2, 3, ... (detection heads, segmentation).
+    grad_scale : float, default 1
+        :math:`s`.
+    name : str or None
+        Name of the ``SoftmaxOutput`` node.
+
+    Returns
+    -------
+    Symbol
+        The probabilities, ``data``'s shape.
+    """
+    normalization = check_choice("normalization", normalization, SOFTMAX_OUTPUT_NORMALIZATIONS)
+    grad_scale = check_float("grad_scale", grad_scale)
+    ignore = check_ignore_label(ignore_label) if use_ignore else None
+    weights = None
+    if class_weight is not None:
+        weights = as_weight_vector("class_weight", class_weight)
+        if weights.max() > CONSTANT_MAX:
+            raise ValueError("class_weight entries must be <= 2**126, got %r" % weights.max())
+    label = detached_label(mx.sym, label)
+    if multi_output:
+        # (B, C, d1, ...) as (B, C, P): either label layout works.
+        scores = mx.sym.reshape(data, shape=(0, 0, -1))
+        label = mx.sym.reshape(label, shape=(0, -1))
+        position_weight = mx.sym.reshape(
+            _position_weights(data, label, weights, ignore, name), shape=(0, 1, -1))
+    else:
+        scores = data
+        position_weight = mx.sym.expand_dims(
+            _position_weights(data, label, weights, ignore, name), axis=1)
+    # The value of the scores, exactly (s - s is 0); their gradient times w_y, and
+    # inf * 0 = NaN where a label is bad.
+    # broadcast_axis with a known size is many times faster than broadcast_like on CPU.
+    if weights is None:
+        position_weight = mx.sym.broadcast_like(position_weight, scores)
+    else:
+        position_weight = mx.sym.broadcast_axis(position_weight, axis=1, size=weights.size)
+    fixed = mx.sym.BlockGrad(scores)
+    weighted = fixed + (scores - fixed) * position_weight
+    probabilities = mx.sym.SoftmaxOutput(
+        weighted, label, grad_scale=grad_scale, ignore_label=-1 if ignore is None else ignore,
+        use_ignore=ignore is not None, normalization=normalization,
+        multi_output=multi_output, name=name)
+    return mx.sym.reshape_like(probabilities, data) if multi_output else probabilities
+
+
+class WeightedCrossEntropy(mx.metric.EvalMetric):
+    r"""Metric: the class-weighted cross-entropy of predicted probabilities.
+
+    .. math::
+
+        \frac{\sum_i w_{y_i} \big(-\log(p_{i,y_i} + \epsilon)\big)}{\#\{i: y_i \ne \text{ignore}\}}
+
+    summed over every batch since the last ``reset``, the ``'valid'``-normalized
+    value that :func:`weighted_softmax_output` trains (``Module`` metrics see the
+    probabilities, not the loss). Computed by the package's loss core on
+    :math:`\log(p + \epsilon)`, :math:`\epsilon` as in ``mx.metric.CrossEntropy``.
+
+    Parameters
+    ----------
+    class_weight : list, ndarray or None
+        :math:`w`, as given to :func:`weighted_softmax_output`.
+    ignore_label : int or None, default -1
+    eps : float, default 1e-12
+    name, output_names, label_names :
+        As for ``mx.metric.EvalMetric``.
+
+    Inputs (``update``)
+    -------------------
+    - **labels**: list of ``(N,)`` or ``(B, d1, ...)`` class ids.
+    - **preds**: list of probabilities ``(N, C)`` or ``(B, C, d1, ...)``; extra
+      predictions (e.g. a center-loss output) are skipped.
+    """
+
+    def __init__(self, class_weight=None, ignore_label=-1, eps=1e-12, name="weighted-ce",
+                 output_names=None, label_names=None):
+        super().__init__(name, output_names=output_names, label_names=label_names)
+        self._weights = None if class_weight is None else mx.nd.array(
+            as_weight_vector("class_weight", class_weight))
+        self._ignore_label = check_ignore_label(ignore_label)
+        self._eps = check_float("eps", eps, 0.0)
+
+    def update(self, labels, preds):
+        for label, pred in zip(labels, preds):
+            label = label.reshape(pred.shape[:1] + pred.shape[2:]).astype(np.float32)
+            weights = None if self._weights is None else self._weights.as_in_context(
+                pred.context)
+            losses = weighted_softmax_ce(mx.nd, mx.nd.log(pred + self._eps), label,
+                                         class_weight=weights, axis=1, from_logits=True,
+                                         ignore_label=self._ignore_label,
+                                         normalization="none")
+            values = label.asnumpy()
+            kept = values.size if self._ignore_label is None else int(
+                (values != self._ignore_label).sum())
+            total = float(losses.sum().asscalar())
+            self.sum_metric += total
+            self.global_sum_metric += total
+            self.num_inst += kept
+            self.global_num_inst += kept
+
+
+def center_loss(data, label, num_classes, feature_dim, alpha=0.5, weight=1.0, ignore_label=None,
+                name="center"):
+    r"""Center loss of Wen et al. (ECCV 2016) as a loss layer of a ``Module`` graph.
+
+    .. math::
+
+        L_i = \frac{\lambda}{2}\lVert x_i - c_{y_i}\rVert^2, \qquad
+        c_j \leftarrow c_j - \alpha\,\frac{\sum_{i: y_i=j}(c_j - x_i)}{1 + n_j}
+        \text{ (Eq. 4, by the optimizer of } :func:`with_center_update`\text{)}.
+
+    Group it with the classifier, e.g. ``mx.sym.Group([mx.sym.SoftmaxOutput(logits,
+    label), center_loss(features, label, 10, 2)])``. Its gradient into ``data`` is
+    :math:`\lambda (x_i - c_{y_i})` per sample, summed like ``SoftmaxOutput``'s with
+    ``normalization='null'``, so Module's ``rescale_grad = 1/batch_size`` averages
+    both terms alike.
+
+    The layer creates one variable, :func:`center_state_name` ``(name)``
+    (``'center_state'`` for the default name), of shape ``(K, D, 2)``: ``[..., 0]``
+    holds the centers (zeros at start) and ``[..., 1]`` the number of samples that
+    have updated each center, repeated along D. Its gradient carries
+    :math:`\alpha \sum_{i: y_i=j}(c_j - x_i)` in ``[..., 0]`` and :math:`n_j` in
+    ``[..., 1]``; being a gradient, the kvstore sums both over devices and workers, so
+    the one update that :func:`with_center_update` makes sees the whole batch. Every
+    element of the state updates from its own gradient and count, so it needs no
+    shape, which a parameter server's flat copy does not have. The variable carries
+    ``lr_mult=0``, ``wd_mult=0``: an optimizer without the center update leaves it
+    alone.
+
+    Parameters
+    ----------
+    data : Symbol
+        Features ``(B, D)``.
+    label : Symbol
+        ``(B,)`` class ids in ``[0, K)``, or ``ignore_label``. Others give NaN.
+    num_classes : int
+        K.
+    feature_dim : int
+        D.
+    alpha : float in (0, 1], default 0.5
+        Center learning rate of Eq. 4.
+    weight : float >= 0, default 1
+        :math:`\lambda`: scales the value and the feature gradient, not the centers.
+    ignore_label : int or None, default None
+        Samples with this label give zero loss and move no center.
+    name : str, default 'center'
+        Name of the output node; the state variable is named after it.
+
+    Returns
+    -------
+    Symbol
+        ``(B,)`` per-sample losses (a ``MakeLoss`` output).
+    """
+    num_classes = check_int("num_classes", num_classes, 1)
+    feature_dim = check_int("feature_dim", feature_dim, 1)
+    alpha = check_float("alpha", alpha, 0.0, 1.0, low_open=True)
+    weight = check_float("weight", weight, 0.0)
+    ignore_label = check_ignore_label(ignore_label)
+    state = mx.sym.var(center_state_name(name), shape=(num_classes, feature_dim, 2),
+                       init=mx.init.Zero(), lr_mult=0.0, wd_mult=0.0)
+    centers = mx.sym.reshape(mx.sym.slice_axis(state, axis=2, begin=0, end=1),
+                             shape=(num_classes, feature_dim))
+    if alpha != 1.0:
+        # Value c exactly (c - c is 0), gradient alpha x that of c: alpha travels in
+        # the gradient, and the update needs no per-loss setting.
+        fixed = mx.sym.BlockGrad(centers)
+        centers = fixed + (centers - fixed) * alpha
+    # The sum hands every one of the D copies of a count the same gradient n_j.
+    counts = mx.sym.sum(mx.sym.slice_axis(state, axis=2, begin=1, end=2), axis=1)
+    value = _center_loss_graph(mx.sym, data, label, centers, counts, num_classes, feature_dim,
+                               weight=weight, ignore_label=ignore_label, sparse_grad=False)
+    # 'null': a head gradient of 1 per sample, which Eq. 4's counts rely on.
+    return mx.sym.MakeLoss(value, normalization="null", name=name)
