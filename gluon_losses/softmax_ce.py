@@ -24,6 +24,8 @@ _FLOAT32_MAX = float(np.finfo(np.float32).max)
 # 5e-29 lose precision, far below what the loss resolves.
 _MEAN_SCALE = 2.0 ** -32
 _LOG_HALF = float(np.log(0.5))
+_FLOAT32_TINY = float(np.finfo(np.float32).tiny)
+_LOG_TWO = float(np.log(2.0))
 
 
 def _class_axis_shape(axis, ndim):
@@ -157,7 +159,8 @@ def _lookup_index(F, index):
     the end (clipped onto the trailing NaN) when ``index`` is not an integer, so that a
     label such as 1.5 poisons its position instead of being truncated into class 1."""
     fractional = index != F.floor(index)
-    return index + 1 + fractional * _FLOAT32_MAX
+    # 2**30: past any class count, and still a well-defined integer index to clip.
+    return index + 1 + fractional * 2.0 ** 30
 
 
 def _class_mean(F, log_prob, axis):
@@ -179,13 +182,23 @@ def _weigh(F, value, weight, full):
 
 
 def _focal(F, value, log_one_minus_p, gamma):
-    r""":math:`(1 - p)^\gamma \cdot` ``value``, the focal factor formed in the log domain.
+    r""":math:`(1 - p)^\gamma \cdot` ``value`` for ``value >= 0``, formed in the log domain.
 
-    ``value`` is capped at float32's largest number first: it is infinite only where
-    the logits spread wider than float32's range, and there the factor may underflow to
-    0, whose product with inf would be NaN.
+    As one exponential, :math:`\exp(\gamma \log(1-p) + \log v)`, the product's
+    gradient forms no intermediate larger than gamma times the result: as a product of two
+    factors, the gradient of the factor is ``value`` times the head gradient, which
+    overflows for huge logits even where the loss is finite. ``value`` is capped at
+    float32's largest number (it is infinite only where the logits spread wider than
+    float32's range) and floored at its smallest normal one, so both logarithms and
+    their gradients stay finite; a ``value`` of 0 (or the rounding error of a
+    log-probability just above 0) gives exactly 0.
     """
-    return F.exp(gamma * log_one_minus_p) * F.minimum(value, _FLOAT32_MAX)
+    # minimum/maximum, not clip: MXNet 1.9's clip lets inf through an a_max of float32 max.
+    capped = F.maximum(F.minimum(value, _FLOAT32_MAX), _FLOAT32_TINY)
+    # Halved inside the exponential: exp(log(float32 max)) can round up to inf, whose
+    # gradient times a head gradient of 0 would be NaN.
+    product = F.exp(gamma * log_one_minus_p + F.log(capped) - _LOG_TWO) * 2
+    return F.where(value > 0, product, F.zeros_like(product))
 
 
 def _log_one_minus_prob(F, logits, log_prob, selected_logits, axis, keepdims):
@@ -311,7 +324,8 @@ class WeightedSoftmaxCELoss(SerializedFirstCall, Loss):
       ``weight=0``) gives exactly 0 and a zero gradient, for every finite input.
     * Finite input never gives NaN. The loss is finite wherever its true value fits
       in float32 and the logits along ``axis`` spread less than float32's largest
-      number; beyond that spread a weighted position may be inf.
+      number; beyond that spread a weighted position may be inf. The gradient is
+      finite wherever the loss is (with ``gamma > 1``, wherever gamma times the loss is).
     * Negative sample weights flip the sign of their positions; ``'weight'``
       normalization divides by the total weight *magnitude*, so the divisor stays
       positive.
