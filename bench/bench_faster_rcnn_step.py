@@ -14,17 +14,15 @@ share. Target: the weighted loss costs no more than 2% of the step.
 import argparse
 import functools
 import os
-import sys
 import tempfile
-
-if __package__ in (None, ""):
-    sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import numpy as np
 import mxnet as mx
+from gluoncv.utils.random import seed
 from mxnet import autograd, gluon
 
 from bench.timing import interleave, timed
+from examples.faster_rcnn import data, model
 from examples.faster_rcnn import train as T
 
 
@@ -45,26 +43,25 @@ def main(argv=None):
     p.add_argument("--data-root", default=os.path.join(tempfile.gettempdir(), "bench_shapes"))
     args = p.parse_args(argv)
 
-    targs = T.parse_args(["--data-root", args.data_root, "--shapes-train", "16",
-                          "--shapes-test", "4", "--batch-size", str(args.batch_size)])
-    train_set, _, classes = T.build_datasets(targs)
-    T.set_seed(0)
-    net = T.build_net(targs, classes)
-    T.init_net(net, [mx.cpu()])
-    weight = T.rcnn_class_weight(targs, T.foreground_counts(train_set, len(classes)))
+    train_set, _, classes = data.shapes_datasets(args.data_root, 16, 4, seed=0)
+    seed(0)
+    net = model.build_net("tiny", classes, args.batch_size)
+    model.init_net(net, [mx.cpu()])
+    weight = T.rcnn_class_weight(data.foreground_counts(train_set, len(classes)),
+                                 T.Config.class_weighting, T.Config.beta)
     trainer = gluon.Trainer(net.collect_train_params(), "sgd",
                             {"learning_rate": 1e-4, "momentum": 0.9, "wd": 1e-4})
     steps = {}
     for name in ("weighted", "softmax"):
-        targs.rcnn_cls_loss = name
-        losses = T.make_losses(targs, weight)
+        losses = T.make_losses(name, weight)
         if args.hybridize:
             for loss in losses.values():
                 loss.hybridize(static_alloc=True)
         steps[name] = T.DetectionStep(net, losses, weighted=name == "weighted")
     if args.hybridize:
         net.hybridize(static_alloc=True)
-    shard = T.fixed_shard(net, train_set, args.batch_size)
+    loader = data.train_loader(train_set, net, args.batch_size, shuffle=False)
+    shard = T.shards(next(iter(loader)), [mx.cpu()])[0]
 
     def run_step(step):
         def fn():
@@ -98,7 +95,7 @@ def main(argv=None):
     lmed = {k: float(np.median(v)) for k, v in loss_times.items()}
     print("Faster R-CNN (tiny backbone, %d-px images resized to %dx%d, batch %d, %s, "
           "%d CPUs visible)" % (
-        targs.shapes_size, shard[0].shape[2], shard[0].shape[3], args.batch_size,
+        train_set[0][0].shape[0], shard[0].shape[2], shard[0].shape[3], args.batch_size,
         "hybridized" if args.hybridize else "imperative", os.cpu_count()))
     print("cls_pred %s, cls_targets %s (-1 entries: %d)" % (
         cls_pred.shape, cls_targets.shape, int((cls_targets == -1).sum().asscalar())))

@@ -178,20 +178,23 @@ def set_seed(seed):
     seed_all(seed)
 
 
-def lr_scheduler(lr, decay, decay_epochs, iters_per_epoch):
+def lr_scheduler(lr, decay, decay_epochs, iters_per_epoch, warmup_iters=0):
     """``mx.lr_scheduler.MultiFactorScheduler`` multiplying ``lr`` by ``decay`` after each
-    epoch in ``decay_epochs`` (numbered from 1), or None when there is none.
+    epoch in ``decay_epochs`` (numbered from 1), after a linear warm-up from 0 over the
+    first ``warmup_iters`` updates; None when there is neither.
 
     The scheduler is part of the optimizer, which ``Trainer.save_states`` pickles, so a
     resumed run continues the schedule exactly.
     """
     epochs = int_list(decay_epochs) if isinstance(decay_epochs, str) else list(decay_epochs)
-    if not epochs:
+    if not epochs and not warmup_iters:
         return None
-    if sorted(set(epochs)) != epochs or epochs[0] < 1:
+    if sorted(set(epochs)) != epochs or (epochs and epochs[0] < 1):
         raise ValueError("lr decay epochs must increase and be >= 1, got %r" % (decay_epochs,))
+    # MultiFactorScheduler needs a step: without decay epochs, one by a factor of 1
     return mx.lr_scheduler.MultiFactorScheduler(
-        step=[e * iters_per_epoch for e in epochs], factor=decay, base_lr=lr)
+        step=[e * iters_per_epoch for e in epochs] or [1], factor=decay if epochs else 1.0,
+        base_lr=lr, warmup_steps=warmup_iters, warmup_begin_lr=0.0)
 
 
 def class_weight_vector(kind, counts, beta=0.999):

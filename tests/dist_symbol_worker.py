@@ -5,7 +5,7 @@ same Module (a softmax head and ``center_loss`` on the inputs) on its half of ev
 batch, with ``with_center_update`` running on the parameter server, and writes the
 center-loss state after each batch to ``<out_dir>/state_rank<r>_step<s>.npy``.
 
-    python tests/dist_symbol_worker.py OUT_DIR
+    python -m tests.dist_symbol_worker OUT_DIR      # from the repository root
 """
 import os
 import sys
@@ -13,8 +13,7 @@ import sys
 import numpy as np
 import mxnet as mx
 
-sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
-from gluon_losses.symbol import center_loss, center_state_name, with_center_update  # noqa: E402
+from gluon_losses.symbol import center_loss, center_state_name, with_center_update
 
 # Shared with the test, which replays the same batches in one process.
 NUM_CLASSES, FEATURE_DIM, BATCH, STEPS, ALPHA, SEED, LR = 6, 3, 16, 3, 0.5, 5, 0.1

@@ -392,8 +392,9 @@ def test_center_bad_arguments_raise_naming_them(call, message):
 
 @skip_unless_dist
 def test_dist_sync_workers_match_one_process_on_the_whole_batch(tmp_path):
+    # The servers unpickle with_center_update's optimizer, so they import gluon_losses too.
     env = dict(os.environ, PYTHONPATH=ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""))
-    run_dist_sync([os.path.join(HERE, "dist_symbol_worker.py"), str(tmp_path)], cwd=ROOT,
+    run_dist_sync(["-m", "tests.dist_symbol_worker", str(tmp_path)], cwd=ROOT,
                   env=env, timeout=90)
     single = center_module([mx.cpu()], dist_worker.optimizer(), kvstore=None)
     for index, (x, y) in enumerate(dist_worker.batches()):

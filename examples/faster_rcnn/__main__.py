@@ -1,9 +1,4 @@
 """``python -m examples.faster_rcnn``: Faster R-CNN with a class-weighted RCNN loss."""
-import sys
+from examples.faster_rcnn.cli import main
 
-from .train import main, summarize
-
-if len(sys.argv) > 1 and sys.argv[1] == "summarize":
-    summarize(sys.argv[2:])
-else:
-    main()
+main()

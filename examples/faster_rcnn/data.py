@@ -1,4 +1,6 @@
-"""A generated, deliberately imbalanced detection set of simple shapes.
+"""Detection data: the generated shapes set, VOC and .lst builders, transforms.
+
+The shapes set is a generated, deliberately imbalanced detection set.
 
 Each image is a noisy background with one to three non-overlapping filled shapes
 in random colours; the class is the shape, never the colour. Train-split classes
@@ -15,6 +17,10 @@ Items follow GluonCV's detection dataset convention, like ``VOCDetection``:
 ``(image, label)`` with ``image`` an ``mx.nd.NDArray`` (H, W, 3) uint8 RGB and
 ``label`` a float32 NumPy array (n, 5) of ``[xmin, ymin, xmax, ymax, class_id]``
 in pixels.
+
+:func:`build_datasets` returns the training and test splits of any of the three
+sources; :func:`foreground_counts` counts training instances per class without
+decoding images.
 """
 import hashlib
 import json
@@ -25,6 +31,8 @@ import mxnet as mx
 from mxnet import gluon
 
 from examples.common import atomic_write
+
+SOURCES = ("shapes", "voc", "lst")
 
 CLASSES = ("circle", "square", "triangle", "star")
 DEFAULT_FREQUENCIES = (50, 25, 10, 2)
@@ -65,16 +73,9 @@ def _draw(image, kind, cx, cy, r, angle, color):
     return [max(0.0, box[0]), max(0.0, box[1]), min(w - 1.0, box[2]), min(h - 1.0, box[3])]
 
 
-def _iou(a, b):
-    ix = max(0.0, min(a[2], b[2]) - max(a[0], b[0]))
-    iy = max(0.0, min(a[3], b[3]) - max(a[1], b[1]))
-    inter = ix * iy
-    union = (a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - inter
-    return inter / union if union > 0 else 0.0
-
-
 def generate(num_images, seed, frequencies, size=128, max_objects=3, min_radius=9, max_radius=26):
     """Return ``(images uint8 (N, size, size, 3), labels list of float32 (n, 5))``."""
+    from gluoncv.utils import bbox_iou
     rng = np.random.RandomState(seed)
     probs = np.asarray(frequencies, dtype=np.float64)
     probs = probs / probs.sum()
@@ -94,8 +95,8 @@ def generate(num_images, seed, frequencies, size=128, max_objects=3, min_radius=
             for _attempt in range(20):
                 r = rng.uniform(min_radius, max_radius)
                 cx, cy = rng.uniform(r, size - r, size=2)
-                cand = [cx - r, cy - r, cx + r, cy + r]
-                if all(_iou(cand, b[:4]) < 0.05 for b in boxes):
+                cand = np.array([[cx - r, cy - r, cx + r, cy + r]])
+                if not boxes or bbox_iou(cand, np.asarray(boxes)[:, :4]).max() < 0.05:
                     break
             else:
                 continue
@@ -189,8 +190,82 @@ class ShapesDetection(gluon.data.Dataset):
         """All labels without decoding images (for class counts)."""
         return [l.copy() for l in self._labels]
 
-    def save_image(self, idx, path):
-        """Write image ``idx`` as a PNG/JPEG (for trying the inference script)."""
-        import cv2
-        cv2.imwrite(path, self._images[idx][:, :, ::-1])
-        return path
+
+def shapes_datasets(root, num_train, num_test, seed, frequencies=DEFAULT_FREQUENCIES, size=128):
+    """``(train, test, classes)`` of the generated set; ``frequencies`` apply to train."""
+    train = ShapesDetection("train", num_train, seed, frequencies, size, root)
+    test = ShapesDetection("test", num_test, seed, None, size, root)
+    return train, test, train.classes
+
+
+def _voc_splits(text):
+    """``"2007/trainval,2012/trainval"`` -> ``[(2007, 'trainval'), (2012, 'trainval')]``."""
+    splits = []
+    for item in text.split(","):
+        year, _, split = item.strip().partition("/")
+        splits.append((int(year), split or "trainval"))
+    return splits
+
+
+def voc_datasets(root, train_splits="2007/trainval", test_splits="2007/test"):
+    """``(train, test, classes)``: GluonCV ``VOCDetection`` on ``root`` (holding VOC2007/).
+
+    ``train_splits`` / ``test_splits`` are comma-separated ``YEAR/SPLIT`` lists.
+    """
+    from gluoncv.data import VOCDetection
+    root = os.path.expanduser(root)
+    train = VOCDetection(root=root, splits=_voc_splits(train_splits))
+    test = VOCDetection(root=root, splits=_voc_splits(test_splits))
+    return train, test, list(train.classes)
+
+
+def lst_datasets(train_file, test_file=None, root=None, classes=None):
+    """``(train, test or None, classes)``: GluonCV ``LstDetection`` from .lst files.
+
+    Images are read under ``root`` (default: the training .lst file's folder).
+    ``classes`` names the class ids; default ``class0 .. classK`` for the largest id K
+    in the training labels.
+    """
+    from gluoncv.data import LstDetection
+    root = root or os.path.dirname(os.path.abspath(train_file))
+    train = LstDetection(train_file, root=root)
+    test = LstDetection(test_file, root=root) if test_file else None
+    if classes:
+        classes = list(classes)
+    else:
+        top = max(int(l[:, 4].max()) for l in dataset_labels(train) if len(l))
+        classes = ["class%d" % i for i in range(top + 1)]
+    return train, test, classes
+
+
+def dataset_labels(dataset):
+    """Every label array of a detection dataset, without decoding images where possible."""
+    if hasattr(dataset, "label_list"):
+        return dataset.label_list()
+    if getattr(dataset, "_label_cache", None):  # VOCDetection(preload_label=True)
+        return [np.asarray(l) for l in dataset._label_cache]
+    if hasattr(dataset, "_labels") and hasattr(dataset, "_coord_normalized"):  # LstDetection
+        from gluoncv.data.lst.detection import _transform_label
+        return [_transform_label(l) for l in dataset._labels]
+    return [np.asarray(dataset[i][1]) for i in range(len(dataset))]
+
+
+def foreground_counts(dataset, num_fg):
+    """Instances of each foreground class in the training labels."""
+    from gluon_losses.class_weights import class_counts
+    ids = [np.asarray(l)[:, 4] for l in dataset_labels(dataset) if len(l)]
+    ids = [i[i >= 0] for i in ids]  # padding / unknown
+    return class_counts(ids, num_classes=num_fg, ignore_label=-1)
+
+
+def train_loader(dataset, net, batch_size, num_shards=1, shuffle=True, num_workers=0):
+    """GluonCV's Faster R-CNN training pipeline: resize, random flip, RPN targets, and a
+    batch of ``batch_size * num_shards`` images already cut into ``num_shards`` shards."""
+    from gluoncv.data.batchify import FasterRCNNTrainBatchify
+    from gluoncv.data.transforms.presets.rcnn import FasterRCNNDefaultTrainTransform
+    transform = FasterRCNNDefaultTrainTransform(net.short, net.max_size, net, ashape=net.ashape,
+                                                multi_stage=getattr(net, "num_stages", 1) > 1)
+    return gluon.data.DataLoader(
+        dataset.transform(transform), batch_size=batch_size * num_shards, shuffle=shuffle,
+        batchify_fn=FasterRCNNTrainBatchify(net, num_shards), last_batch="discard",
+        num_workers=num_workers)

@@ -6,10 +6,9 @@
 ``PREFIX-meta.json`` (classes, input size, normalization) must exist. Only MXNet and
 GluonCV's image helpers are needed; the training code is not imported.
 """
-import argparse
 import json
 import os
-import sys
+import warnings
 
 import numpy as np
 import mxnet as mx
@@ -20,8 +19,8 @@ def load_detector(prefix, ctx=mx.cpu()):
     with open(prefix + "-meta.json") as handle:
         meta = json.load(handle)
     folder = os.path.dirname(prefix)
-    with __import__("warnings").catch_warnings():
-        __import__("warnings").simplefilter("ignore")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
         net = mx.gluon.SymbolBlock.imports(os.path.join(folder, meta["symbol"]), ["data"],
                                            os.path.join(folder, meta["params"]), ctx=ctx)
     return net, meta
@@ -54,50 +53,29 @@ def detect(net, meta, image, threshold=0.5, ctx=mx.cpu()):
     return found
 
 
-def draw(image, detections, path):
-    """Save ``image`` with ``detections`` drawn on it (matplotlib, no display needed)."""
+def draw(image, detections, classes, path):
+    """Save ``image`` with ``detections`` (from :func:`detect`) drawn on it, one colour
+    per class of ``classes``, with GluonCV's ``plot_bbox`` (no display needed)."""
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from gluoncv.utils.viz import plot_bbox
     img = image.asnumpy() if isinstance(image, mx.nd.NDArray) else np.asarray(image)
     h, w = img.shape[:2]
     fig = plt.figure(figsize=(w / 50.0, h / 50.0), dpi=100)
     ax = fig.add_axes([0, 0, 1, 1])
-    ax.imshow(img)
+    ids = np.array([classes.index(name) for name, _, _ in detections], dtype=np.float32)
+    scores = np.array([score for _, score, _ in detections], dtype=np.float32)
+    boxes = np.array([box for _, _, box in detections], dtype=np.float32).reshape(-1, 4)
+    colors = {i: plt.get_cmap("tab10")(i % 10) for i in range(len(classes))}
+    plot_bbox(img, boxes, scores, ids, thresh=0.0, class_names=list(classes), colors=colors,
+              ax=ax, linewidth=1.5, fontsize=6)
     ax.axis("off")
-    colors = plt.get_cmap("tab10")
-    names = sorted({d[0] for d in detections})
-    for name, score, (x1, y1, x2, y2) in detections:
-        color = colors(names.index(name) % 10)
-        ax.add_patch(plt.Rectangle((x1, y1), x2 - x1, y2 - y1, fill=False, edgecolor=color,
-                                   linewidth=1.5))
-        ax.text(x1, max(y1 - 2, 6), "%s %.2f" % (name, score), color="white", fontsize=6,
-                bbox=dict(facecolor=color, alpha=0.7, pad=0.5, edgecolor="none"))
     fig.savefig(path)
     plt.close(fig)
     return path
 
 
-def main(argv=None):
-    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("prefix", help="export prefix, e.g. runs/detect/export/faster_rcnn")
-    p.add_argument("image", help="an image file (any format mx.image.imread reads)")
-    p.add_argument("--out", default=None, help="output image (default IMAGE-boxes.png)")
-    p.add_argument("--threshold", type=float, default=0.5, help="minimum score to draw")
-    p.add_argument("--gpu", type=int, default=None, help="GPU id (default CPU)")
-    args = p.parse_args(argv)
-    ctx = mx.gpu(args.gpu) if args.gpu is not None else mx.cpu()
-    net, meta = load_detector(args.prefix, ctx)
-    image = mx.image.imread(args.image)
-    found = detect(net, meta, image, args.threshold, ctx)
-    out = args.out or os.path.splitext(args.image)[0] + "-boxes.png"
-    draw(image, found, out)
-    for name, score, box in found:
-        print("%-10s %.3f  [%s]" % (name, score, ", ".join("%.1f" % v for v in box)))
-    print("%d detection(s) >= %.2f drawn on %s" % (len(found), args.threshold, out),
-          file=sys.stderr)
-    return found
-
-
 if __name__ == "__main__":
-    main()
+    from examples.faster_rcnn.cli import infer_main
+    infer_main()

@@ -100,6 +100,22 @@ def test_lr_scheduler_drops_after_the_given_epochs_and_resumes_exactly(tmp_path)
     assert restored.learning_rate == pytest.approx(lr * 0.1, rel=1e-12)
 
 
+def test_lr_scheduler_warms_up_linearly_then_drops():
+    lr, warmup, iters = 0.02, 5, 4
+
+    def expected(update):  # update 1 = the first update of epoch 1
+        epochs_done = (update - 1) // iters
+        return lr * 0.1 ** sum(epochs_done >= e for e in (2, 3)) * min(1.0, update / warmup)
+
+    updates = range(1, 5 * iters + 1)
+    sched = common.lr_scheduler(lr, 0.1, "2,3", iters, warmup_iters=warmup)
+    np.testing.assert_allclose([sched(u) for u in updates], [expected(u) for u in updates],
+                               rtol=1e-12)
+    no_drop = common.lr_scheduler(lr, 0.1, "", iters, warmup_iters=warmup)
+    np.testing.assert_allclose([no_drop(u) for u in updates],
+                               [lr * min(1.0, u / warmup) for u in updates], rtol=1e-12)
+
+
 def test_class_weight_vector_dispatches_to_gluon_losses():
     from gluon_losses import class_weights as cw
     counts = [100, 10, 1]
