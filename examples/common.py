@@ -213,6 +213,17 @@ def class_weight_vector(kind, counts, beta=0.999):
     return np.asarray(weights, dtype=np.float32)
 
 
+def stall_watchdog(distributed, timeout, what, out):
+    """The started :class:`gluon_losses.distributed.StallWatchdog` of a run's
+    ``--stall-timeout``: it ends a ``distributed`` run whose training makes no progress
+    for ``timeout`` seconds (0: never), saying to relaunch with ``--resume out``, and
+    watches the kvstore's shutdown at exit. Outside a distributed run it watches nothing."""
+    from gluon_losses.distributed import StallWatchdog
+    return StallWatchdog(timeout if distributed and timeout else None, what=what,
+                         resume="relaunch every process with --resume %s (flags as before)"
+                         % out, watch_exit=True).start()
+
+
 # --------------------------------------------------------------------------- files
 TMP_PREFIX = ".tmp-"
 

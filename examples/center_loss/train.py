@@ -15,7 +15,6 @@ import mxnet as mx
 from mxnet import autograd, gluon
 
 import gluon_losses
-from gluon_losses.distributed import StallWatchdog
 from examples import common
 from examples.center_loss import data as center_data
 from examples.center_loss import report
@@ -167,10 +166,8 @@ def run(out, dataset="digits", data_dir=None, size=None, channels=None, convs_pe
     class_weighting = config["class_weighting"]
     start_time = time.time()
     # Started before the kvstore: a cluster that never comes up stalls as well.
-    watchdog = StallWatchdog(
-        stall_timeout if "dist" in kvstore and stall_timeout else None,
-        what="the %s kvstore" % kvstore, watch_exit=True,
-        resume="relaunch every process with --resume %s (flags as before)" % out).start()
+    watchdog = common.stall_watchdog("dist" in kvstore, stall_timeout,
+                                     "the %s kvstore" % kvstore, out)
     watchdog.beat("creating the %s kvstore" % kvstore)
     net_kv, center_kv, rank, workers = make_kvstores(kvstore)
     # with dist_sync, worker 0 writes the run folder; the others only their log

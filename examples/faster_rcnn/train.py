@@ -23,7 +23,6 @@ import numpy as np
 import mxnet as mx
 from mxnet import autograd, gluon
 
-from gluon_losses.distributed import StallWatchdog
 from examples import common
 from examples.faster_rcnn import data, model
 from examples.faster_rcnn.evaluate import evaluate
@@ -381,12 +380,9 @@ def train(config):
         common.merge_resumed(settings, settings, saved, RUNTIME)
     # A dead process of a distributed job leaves the others waiting forever; started
     # before horovod/the kvstore, whose start can hang as well.
-    distributed = config.horovod or "dist" in config.kvstore
-    watchdog = StallWatchdog(
-        config.stall_timeout if distributed and config.stall_timeout else None,
-        what="horovod" if config.horovod else "the %s kvstore" % config.kvstore,
-        watch_exit=True,
-        resume="relaunch every process with --resume %s (flags as before)" % config.out).start()
+    watchdog = common.stall_watchdog(
+        config.horovod or "dist" in config.kvstore, config.stall_timeout,
+        "horovod" if config.horovod else "the %s kvstore" % config.kvstore, config.out)
     watchdog.beat("starting the distributed job")
     hvd = _setup_horovod() if config.horovod else None
     rank0 = hvd is None or hvd.rank() == 0
