@@ -1,21 +1,29 @@
-"""Forward+backward time of WeightedSoftmaxCELoss against the usual alternatives.
+"""Forward+backward time and memory of WeightedSoftmaxCELoss against the usual alternatives.
 
 Every contender is hybridized where it can be and timed in the same process,
 interleaved round-robin so that machine noise hits all of them alike. Printed
 ratios are medians over the rounds, relative to gluon's unweighted
-SoftmaxCrossEntropyLoss.
+SoftmaxCrossEntropyLoss. PyTorch's CPU ``cross_entropy`` joins when torch is
+importable (the ``bench`` extra, in an environment of its own: see
+docs/benchmarks.md), with the same number of threads as MXNet's operators
+(``OMP_NUM_THREADS``, else MXNet's own choice). The peak extra memory of one
+forward + backward is measured per contender in a fresh process (peak resident set
+size during the first call, minus the size before it).
 
-    python -m bench.bench_softmax_ce [--rounds 30] [--quick]
+    OMP_NUM_THREADS=2 python -m bench.bench_softmax_ce [--rounds 30] [--quick] [--no-memory]
 """
 import argparse
 import functools
+import os
+import subprocess
+import sys
 import time
 
 import numpy as np
 import mxnet as mx
 from mxnet import autograd, gluon
 
-from gluon_losses import WeightedSoftmaxCELoss
+from gluon_losses import WeightedSoftmaxCELoss, fused, weighted_softmax_ce
 from bench.timing import interleave
 
 IGNORE = -1
@@ -23,7 +31,14 @@ CASES = [  # (name, pred shape, class axis)
     ("(131072, 21)", (131072, 21), -1),
     ("(2, 128, 81)", (2, 128, 81), -1),
     ("(4, 21, 64, 64) axis=1", (4, 21, 64, 64), 1),
+    ("(8, 21, 128, 128) axis=1", (8, 21, 128, 128), 1),
 ]
+MEMORY_CASE = ("(4, 21, 256, 256) axis=1", (4, 21, 256, 256), 1)
+BASELINE = "gluon SoftmaxCELoss (unweighted)"
+FUSED = "WeightedSoftmaxCELoss, fused"
+GRAPH = "WeightedSoftmaxCELoss, graph (fused=False)"
+UNTRANSPOSED = "graph without the NCHW transpose"
+TORCH = "PyTorch cross_entropy"
 
 
 class SoftmaxOutputLoss(gluon.HybridBlock):
@@ -104,6 +119,68 @@ class NumpyCustomOpLoss(gluon.HybridBlock):
                         class_weight=self._weights, axis=self._axis)
 
 
+class UntransposedGraph(WeightedSoftmaxCELoss):
+    """The MXNet-operator graph without the transpose of a strided class axis.
+
+    ``weighted_softmax_ce`` moves a strided class axis last only when it knows the
+    number of dimensions; withholding it for such axes gives the graph as it was
+    before, for the "no slower than before" comparison.
+    """
+
+    def __init__(self, **kwargs):
+        super().__init__(fused=False, **kwargs)
+
+    def hybrid_forward(self, F, pred, label, sample_weight=None, class_weight=None):
+        strided = self._built_ndim is not None and self._axis % self._built_ndim != (
+            self._built_ndim - 1)
+        return weighted_softmax_ce(
+            F, pred, label, class_weight=class_weight, axis=self._axis,
+            ignore_label=self._ignore_label, normalization=self._normalization,
+            ndim=None if strided else self._built_ndim)
+
+
+def load_torch():
+    """PyTorch, or None when it is not importable (it is an optional contender).
+
+    Imported only here: GluonCV refuses to import once torch>=2 is importable, so torch
+    lives in its own environment (docs/benchmarks.md) and nothing else here needs it.
+    """
+    try:
+        import torch
+    except ImportError:
+        return None
+    return torch
+
+
+def torch_threads():
+    """MXNet's operator thread count: OMP_NUM_THREADS, else what MXNet picks by default."""
+    if os.environ.get("OMP_NUM_THREADS"):
+        return int(os.environ["OMP_NUM_THREADS"])
+    return max(1, (os.cpu_count() or 2) // 2)
+
+
+class TorchStep:
+    """One forward + backward of PyTorch's weighted cross_entropy with ignore_index."""
+
+    def __init__(self, pred, label, class_weight, axis):
+        torch = load_torch()
+        self.cross_entropy = torch.nn.functional.cross_entropy
+        pred, label = pred.asnumpy(), label.asnumpy()
+        if axis % pred.ndim == pred.ndim - 1:  # PyTorch wants classes on axis 1: (-1, C)
+            pred, label = pred.reshape(-1, pred.shape[-1]), label.reshape(-1)
+        self.pred = torch.from_numpy(pred).requires_grad_()
+        self.label = torch.from_numpy(label).long()
+        self.weight = torch.from_numpy(np.asarray(class_weight, np.float32))
+
+    def __call__(self):
+        start = time.perf_counter()
+        self.pred.grad = None  # a fresh gradient buffer per step, as MXNet writes one
+        loss = self.cross_entropy(self.pred, self.label, weight=self.weight,
+                                  ignore_index=IGNORE)
+        loss.backward()
+        return time.perf_counter() - start
+
+
 def make_inputs(shape, axis, seed=0):
     rng = np.random.RandomState(seed)
     num_classes = shape[axis]
@@ -115,15 +192,20 @@ def make_inputs(shape, axis, seed=0):
     return mx.nd.array(pred), mx.nd.array(label), class_weight
 
 
-def contenders(shape, axis, class_weight):
-    ours = WeightedSoftmaxCELoss(class_weight=class_weight, axis=axis, ignore_label=IGNORE,
-                                 normalization="valid")
+def contenders(shape, axis, class_weight, numpy_customop=True):
+    ours = dict(class_weight=class_weight, axis=axis, ignore_label=IGNORE, normalization="valid")
     blocks = {
-        "gluon SoftmaxCELoss (unweighted)": gluon.loss.SoftmaxCrossEntropyLoss(axis=axis),
-        "WeightedSoftmaxCELoss": ours,
+        BASELINE: gluon.loss.SoftmaxCrossEntropyLoss(axis=axis),
+        FUSED: WeightedSoftmaxCELoss(**ours),
+        GRAPH: WeightedSoftmaxCELoss(fused=False, **ours),
         "SoftmaxOutput": SoftmaxOutputLoss(axis, len(shape)),
-        "NumPy CustomOp": NumpyCustomOpLoss(class_weight, axis),
     }
+    if axis % len(shape) != len(shape) - 1:
+        blocks[UNTRANSPOSED] = UntransposedGraph(**ours)
+    if numpy_customop:
+        blocks["NumPy CustomOp"] = NumpyCustomOpLoss(class_weight, axis)
+    if not fused.available():
+        del blocks[FUSED]
     for block in blocks.values():
         block.hybridize(static_alloc=True, static_shape=True)
     return blocks
@@ -139,33 +221,109 @@ def time_step(block, pred, label):
     return time.perf_counter() - start
 
 
-def run_case(shape, axis, rounds, warmup=3):
+def run_case(shape, axis, rounds, warmup=3, calls_per_turn=1):
     pred, label, class_weight = make_inputs(shape, axis)
     blocks = contenders(shape, axis, class_weight)
     calls = {name: functools.partial(time_step, block, pred, label)
              for name, block in blocks.items()}
-    result = interleave(calls, rounds, warmup_rounds=warmup)
+    if load_torch() is not None:
+        calls[TORCH] = TorchStep(pred, label, class_weight, axis)
+    result = interleave(calls, rounds, warmup_rounds=warmup, block=calls_per_turn)
     return {name: float(np.median(r["turns"])) for name, r in result.items()}
+
+
+def _status_kib(field):
+    with open("/proc/self/status") as status:
+        for line in status:
+            if line.startswith(field + ":"):
+                return int(line.split()[1])
+    raise KeyError(field)
+
+
+def measure_peak_extra_mib(name, shape, axis):
+    """Peak resident memory added by the first forward + backward of one contender (MiB).
+
+    Linux only: the peak resident set size (VmHWM) is reset just before the call, so
+    the transient arrays that made the inputs do not hide what the step allocates.
+    """
+    pred, label, class_weight = make_inputs(shape, axis)
+    if name == TORCH:
+        step = TorchStep(pred, label, class_weight, axis)
+    else:
+        block = contenders(shape, axis, class_weight)[name]
+        step = functools.partial(time_step, block, pred, label)
+    mx.nd.waitall()
+    with open("/proc/self/clear_refs", "w") as clear_refs:
+        clear_refs.write("5")  # resets VmHWM to the current resident size
+    before = _status_kib("VmRSS")
+    step()
+    mx.nd.waitall()
+    return (_status_kib("VmHWM") - before) / 1024.0
+
+
+def peak_memory_table(case):
+    """{contender: peak extra MiB} for ``case``, each measured in a fresh process."""
+    case_name, shape, axis = case
+    names = list(contenders((2, 3), -1, np.ones(3)))
+    names += [UNTRANSPOSED] if axis % len(shape) != len(shape) - 1 else []
+    names += [TORCH] if load_torch() is not None else []
+    table = {}
+    for name in names:
+        output = subprocess.run(
+            [sys.executable, "-m", "bench.bench_softmax_ce", "--memory-of", name,
+             "--memory-case", repr((shape, axis))], stdout=subprocess.PIPE, check=True,
+            universal_newlines=True).stdout
+        table[name] = float(output.strip().splitlines()[-1])
+    return table
 
 
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--rounds", type=int, default=30)
     parser.add_argument("--quick", action="store_true", help="5 rounds, for a smoke run")
+    parser.add_argument("--no-memory", action="store_true", help="skip the peak-memory table")
+    parser.add_argument("--memory-of", help=argparse.SUPPRESS)
+    parser.add_argument("--memory-case", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
+    if args.memory_of:
+        import ast
+        shape, axis = ast.literal_eval(args.memory_case)
+        print("%.1f" % measure_peak_extra_mib(args.memory_of, tuple(shape), axis))
+        return None
+    torch = load_torch()
+    if torch is not None:
+        torch.set_num_threads(torch_threads())
     rounds = 5 if args.quick else args.rounds
-    baseline = "gluon SoftmaxCELoss (unweighted)"
-    print("forward+backward, hybridized, median of %d interleaved rounds; ratio = time / %s"
-          % (rounds, baseline))
-    print("| shape | loss | ms | ratio |")
-    print("|---|---|---:|---:|")
+    print("forward+backward, hybridized, median of %d interleaved rounds; ratio = time / %s;"
+          " %d threads (OMP_NUM_THREADS=%s), PyTorch %s" % (
+              rounds, BASELINE, torch_threads(), os.environ.get("OMP_NUM_THREADS", "unset"),
+              torch.__version__ if torch is not None else "not installed"))
+    print("peak MiB: resident memory added by the first forward+backward, in a fresh process")
+    print("| shape | loss | ms | ratio | peak MiB |")
+    print("|---|---|---:|---:|---:|")
     results = {}
-    for case_name, shape, axis in CASES:
-        medians = run_case(shape, axis, rounds)
-        results[case_name] = medians
+    for case in CASES:
+        case_name, shape, axis = case
+        # Small calls take turns 15 at a time, as a training loop makes them.
+        medians = run_case(shape, axis, rounds, calls_per_turn=15 if np.prod(shape) < 1e5 else 1)
+        memory = {} if args.no_memory else peak_memory_table(case)
+        results[case_name] = {"seconds": medians, "peak_mib": memory}
         for name, seconds in medians.items():
-            print("| %s | %s | %.3f | %.2fx |" % (case_name, name, seconds * 1e3,
-                                                  seconds / medians[baseline]))
+            print("| %s | %s | %.3f | %.2fx | %s |" % (
+                case_name, name, seconds * 1e3, seconds / medians[BASELINE],
+                "%.1f" % memory[name] if name in memory else ""))
+        if TORCH in medians and FUSED in medians:
+            print("| %s | fused / PyTorch | | %.2fx | |" % (case_name,
+                                                            medians[FUSED] / medians[TORCH]))
+    if not args.no_memory:
+        print("\npeak extra memory of the first forward+backward, %s, each in a fresh process"
+              % MEMORY_CASE[0])
+        print("| loss | MiB |")
+        print("|---|---:|")
+        memory = peak_memory_table(MEMORY_CASE)
+        for name, mib in memory.items():
+            print("| %s | %.1f |" % (name, mib))
+        results["memory"] = memory
     return results
 
 

