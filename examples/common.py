@@ -19,7 +19,7 @@ import logging
 import os
 import re
 import sys
-import tempfile
+import uuid
 
 import numpy as np
 import mxnet as mx
@@ -213,22 +213,76 @@ def class_weight_vector(kind, counts, beta=0.999):
     return np.asarray(weights, dtype=np.float32)
 
 
+def stall_watchdog(distributed, timeout, what, out):
+    """The started :class:`gluon_losses.distributed.StallWatchdog` of a run's
+    ``--stall-timeout``: it ends a ``distributed`` run whose training makes no progress
+    for ``timeout`` seconds (0: never), saying to relaunch with ``--resume out``, and
+    watches the kvstore's shutdown at exit. Outside a distributed run it watches nothing."""
+    from gluon_losses.distributed import StallWatchdog
+    return StallWatchdog(timeout if distributed and timeout else None, what=what,
+                         resume="relaunch every process with --resume %s (flags as before)"
+                         % out, watch_exit=True).start()
+
+
 # --------------------------------------------------------------------------- files
+TMP_PREFIX = ".tmp-"
+
+
 def atomic_write(path, write):
     """Call ``write(tmp_path)`` and move the result onto ``path`` in one rename.
 
-    A run killed mid-write leaves the previous file intact instead of a torn one.
+    A run killed mid-write leaves the previous file intact instead of a torn one; the
+    temporary file it leaves behind is removed by :func:`remove_stale_temporaries`.
     """
     directory = os.path.dirname(os.path.abspath(path))
     os.makedirs(directory, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=directory, prefix=".tmp-" + os.path.basename(path))
-    os.close(fd)
+    # The name carries the writer's process id, so a later run can tell a dead
+    # writer's leftover from a write in progress. Created as open() creates files
+    # (0666 less the umask; mkstemp would give 0600), so every file of a run gets the
+    # same permissions.
+    tmp = os.path.join(directory, "%s%s.%d.%s" % (TMP_PREFIX, os.path.basename(path),
+                                                  os.getpid(), uuid.uuid4().hex[:8]))
+    os.close(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666))
     try:
         write(tmp)
         os.replace(tmp, path)
     finally:
         if os.path.exists(tmp):
             os.remove(tmp)
+
+
+def _process_alive(pid):
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:   # another user's process
+        return True
+    return True
+
+
+def remove_stale_temporaries(directory):
+    """Remove the temporary files of :func:`atomic_write` whose writer is gone.
+
+    A file whose name carries the id of a live process on this machine (a write in
+    progress) is kept; any other ``.tmp-*`` file, including the unnamed ones older
+    versions left, is removed. Returns the names removed.
+    """
+    if not os.path.isdir(directory):
+        return []
+    removed = []
+    for name in sorted(os.listdir(directory)):
+        if not name.startswith(TMP_PREFIX):
+            continue
+        pid = name.rsplit(".", 2)[-2] if name.count(".") >= 3 else ""
+        if pid.isdigit() and _process_alive(int(pid)):
+            continue
+        try:
+            os.remove(os.path.join(directory, name))
+            removed.append(name)
+        except FileNotFoundError:
+            pass
+    return removed
 
 
 def write_json(path, obj):
@@ -248,8 +302,10 @@ def save_checkpoint(directory, epoch, blocks, trainers, meta=None):
 
     The small ``checkpoint.json`` naming the epoch is written last, so a checkpoint is
     only ever visible once every file it points to is complete; then the files of
-    earlier epochs (``<name>-NNNN.params/.states``) are deleted.
+    earlier epochs (``<name>-NNNN.params/.states``) are deleted. Temporary files left
+    by a run killed mid-write are removed first.
     """
+    remove_stale_temporaries(directory)
     files = {}
     for name, block in blocks.items():
         fname = "%s-%04d.params" % (name, epoch)
@@ -275,6 +331,7 @@ def load_checkpoint(directory, blocks, trainers, ctx):
     path = os.path.join(directory, "checkpoint.json")
     if not os.path.exists(path):
         raise FileNotFoundError("--resume %s: no checkpoint.json there" % directory)
+    remove_stale_temporaries(directory)
     record = read_json(path)
     for name, block in blocks.items():
         block.load_parameters(os.path.join(directory, record["files"][name]), ctx=ctx)

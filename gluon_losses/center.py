@@ -31,7 +31,8 @@ from mxnet.gluon.loss import Loss
 from .center_trainer import CenterTrainer
 # Re-exported: the update kernels lived here before they got a module of their own.
 from .center_update import apply_center_update, apply_dense_center_update, eq4_rows
-from .checks import check_float, check_ignore_label, check_int, check_labels, check_shape
+from .checks import (as_ndarray, check_float, check_ignore_label, check_int, check_labels,
+                     check_not_empty, check_shape)
 from .first_call import SerializedFirstCall
 from .graph_ops import detached_label, poison_invalid
 
@@ -55,7 +56,7 @@ def center_loss(F, features, label, centers, center_counts, num_classes, feature
 
     ``F`` is ``mx.nd`` or ``mx.sym``; ``features`` is ``(B, D)``, ``label`` ``(B,)``,
     ``centers`` ``(K, D)`` and ``center_counts`` ``(K, 1)``. Labels outside
-    ``[0, num_classes)`` that are not ``ignore_label`` give NaN.
+    ``[0, num_classes)`` or not integers, that are not ``ignore_label``, give NaN.
 
     Besides the value, the graph routes Eq. 4's statistics into gradients (with head
     gradient 1 per sample; see :class:`CenterTrainer`): ``centers`` gets
@@ -65,15 +66,16 @@ def center_loss(F, features, label, centers, center_counts, num_classes, feature
     storage: row_sparse (True) or dense (False), as the parameters' ``grad_stype``.
     """
     label = detached_label(F, label)
-    # Ignored positions point at class 0 and invalid ones at the nearest class, so
-    # Embedding never sees an index it would clip; `keep` masks both out below.
+    # Ignored positions point at class 0 and invalid ones at the nearest class (1.5 at
+    # class 1), so Embedding never sees an index it would clip or truncate; `keep`
+    # masks both out below.
     if ignore_label is None:
-        index = F.clip(label, 0, num_classes - 1)
+        index = F.clip(F.floor(label), 0, num_classes - 1)
         keep = index == label
     else:
         not_ignored = label != ignore_label
         label = label * not_ignored
-        index = F.clip(label, 0, num_classes - 1)
+        index = F.clip(F.floor(label), 0, num_classes - 1)
         keep = (index == label) * not_ignored
     invalid = index != label
     center = F.Embedding(index, centers, input_dim=num_classes, output_dim=feature_dim,
@@ -85,11 +87,15 @@ def center_loss(F, features, label, centers, center_counts, num_classes, feature
     # Masked positions see their own center instead of their features: zero loss,
     # zero gradient both ways, even when such a feature is NaN.
     diff = F.where(keep, features, fixed_center) - fixed_center
-    value = F.sum(F.square(diff), axis=1) * (0.5 * weight)
 
     # Samples that feed the centers: kept, with finite features (a row sum times 0
     # is NaN exactly when the row holds a NaN or Inf, or overflows).
     use = keep * ((F.sum(diff, axis=1) * 0) == 0)
+    if weight == 0:
+        # Exact zeros even where the squared distance overflows (inf * 0 is NaN).
+        value = F.zeros_like(use)
+    else:
+        value = F.sum(F.square(diff), axis=1) * (0.5 * weight)
     pull = F.where(use, diff, F.zeros_like(diff))
     # Zero-valued carrier: d/dc = (c - x), d/dn = 1 per used sample.
     carrier = (F.reshape(count, shape=(-1,)) * use
@@ -166,8 +172,11 @@ class CenterLoss(SerializedFirstCall, Loss):
         the trainer.
 
     Inputs:
-        - **features**: ``(B, D)`` (``(D, B)`` with ``batch_axis=1``), float.
-        - **label**: ``(B,)`` class indices in ``[0, K)`` or ``ignore_label``.
+        - **features**: ``(B, D)`` (``(D, B)`` with ``batch_axis=1``), float16, float32
+          or float64, computed in the centers' dtype (float32 unless the loss was
+          cast), so the output has that dtype. NumPy arrays and lists are accepted
+          and copied to NDArrays; an empty batch raises ``ValueError``.
+        - **label**: ``(B,)`` integer class indices in ``[0, K)`` or ``ignore_label``.
 
     Outputs:
         - **loss**: ``(B,)``. NaN where a feature is NaN/Inf (the centers are kept
@@ -237,24 +246,27 @@ class CenterLoss(SerializedFirstCall, Loss):
         return CenterTrainer(self.centers, self.center_counts, **kwargs)
 
     def forward(self, features, label):
-        if isinstance(features, nd.NDArray):
-            label = self._check_inputs(features, label)
+        if not isinstance(features, mx.sym.Symbol):
+            features, label = self._check_inputs(features, label)
         return super().forward(features, label)
 
     def _check_inputs(self, features, label):
         # Each shape and dtype is read once: at small batches every ctypes call shows
         # in the step time.
+        if not isinstance(features, nd.NDArray):
+            features = as_ndarray("features", features)
+        if not isinstance(label, nd.NDArray):
+            label = as_ndarray("label", label, features.context)
         shape = features.shape
         if len(shape) != 2:
             raise ValueError("features must be 2-D (%s), got shape %s" % (
                 "batch, feature_dim" if self._batch_axis == 0 else "feature_dim, batch",
                 shape))
+        check_not_empty("features", shape)
         dim = shape[1 - self._batch_axis]
         if dim != self._feature_dim:
             raise ValueError("features has feature dimension %d but feature_dim=%d"
                              % (dim, self._feature_dim))
-        if not isinstance(label, nd.NDArray):
-            raise ValueError("label must be an NDArray, got %s" % type(label).__name__)
         batch = shape[self._batch_axis]
         label_shape = label.shape
         if label_shape == (batch, 1):
@@ -267,9 +279,14 @@ class CenterLoss(SerializedFirstCall, Loss):
         if not self._active:
             # Imperative mode only: reading labels back is the price of a clear error.
             check_labels(label, self._num_classes, self._ignore_label)
+        # Features of another float type are computed in the centers' dtype (float32
+        # unless the loss was cast), which the graph's ops need on both sides; the
+        # gradient flows back in the features' own dtype.
+        dtype = self.centers.dtype
+        if features.dtype != dtype:
+            features = features.astype(dtype)
         # Masks built from the label multiply the loss, so they share its dtype.
-        dtype = features.dtype
-        return label if label.dtype == dtype else label.astype(dtype)
+        return features, label if label.dtype == dtype else label.astype(dtype)
 
     def hybrid_forward(self, F, features, label, centers, center_counts):
         if self._batch_axis == 1:

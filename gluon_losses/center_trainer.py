@@ -16,13 +16,29 @@ __all__ = ["CenterTrainer"]
 
 # A process holds one dist_sync kvstore, which the network's gluon.Trainer (keys 0,
 # 1, ... for its parameters) and CenterTrainer then share. CenterTrainer keys start
-# far above those, in a block of _KEYS_PER_TRAINER per trainer; trainers are numbered
-# in creation order, which is the same on every worker. Not higher: ps-lite picks a
-# key's server with int arithmetic (key * 9973), which must not overflow.
+# far above those, in a block of _KEYS_PER_TRAINER per trainer; the trainers that may
+# share a kvstore (a dist type, or a KVStore object passed in) are numbered in creation
+# order, which is the same on every worker. Not higher: ps-lite picks a key's server
+# with int arithmetic (key * 9973), which must not overflow, so the keys end at
+# _MAX_KEY and a process can create at most MAX_SHARED_TRAINERS such trainers.
 _KEY_BASE = 100000
 _KEYS_PER_TRAINER = 64
 _FIRST_SUM_KEY = 2  # after centers (0) and counts (1)
+_MAX_KEY = (2 ** 31 - 1) // 9973
+MAX_SHARED_TRAINERS = (_MAX_KEY + 1 - _KEY_BASE) // _KEYS_PER_TRAINER
 _TRAINER_NUMBERS = itertools.count()
+
+
+def _shared_key_base():
+    """First kvstore key of a new trainer that may share its kvstore."""
+    number = next(_TRAINER_NUMBERS)
+    if number >= MAX_SHARED_TRAINERS:
+        raise RuntimeError(
+            "this process has created %d CenterTrainers on a dist or shared kvstore, the "
+            "most that ps-lite's key range holds (keys up to %d); reuse a trainer (set "
+            "trainer.alpha to change the rate) instead of creating one per step or run"
+            % (MAX_SHARED_TRAINERS, _MAX_KEY))
+    return _KEY_BASE + _KEYS_PER_TRAINER * number
 
 
 class CenterTrainer(gluon.Trainer):
@@ -81,7 +97,7 @@ class CenterTrainer(gluon.Trainer):
                              "dense gradients, got %s and %s"
                              % (centers._grad_stype, center_counts._grad_stype))
         self._dense = stypes == {"default"}
-        self._key_base = _KEY_BASE + _KEYS_PER_TRAINER * next(_TRAINER_NUMBERS)
+        self._key_base = None
         # The optimizer is never called; gluon.Trainer wants one to exist.
         super().__init__([centers, center_counts], "sgd", {"learning_rate": 0.0},
                          kvstore=kvstore, update_on_kvstore=False)
@@ -115,6 +131,10 @@ class CenterTrainer(gluon.Trainer):
         if "nccl" in kv_type:
             raise ValueError("kvstore=%r cannot sum row_sparse gradients; use 'device'"
                              % kv_type)
+        if self._key_base is None:
+            # A kvstore created here from a local type name is this trainer's alone.
+            shared = isinstance(kvstore, mx.kv.KVStore) or "dist" in kv_type
+            self._key_base = _shared_key_base() if shared else _KEY_BASE
         if isinstance(kvstore, str):
             if "dist" in kvstore or len(self._contexts) > 1:
                 kvstore = mx.kv.create(kvstore)

@@ -14,6 +14,18 @@ import numbers
 import numpy as np
 import mxnet as mx
 
+# MXNet passes scalar arguments to its operators as float32: a nonzero value below the
+# smallest normal float32 is refused ("Out of range value for scalar") or flushed, and
+# one above the largest becomes inf. Arguments outside this range are refused here.
+_FLOAT32 = np.finfo(np.float32)
+
+
+def check_bool(name, value):
+    """``value`` must be a bool (``numpy.bool_`` included), never a string or a number."""
+    if not isinstance(value, (bool, np.bool_)):
+        raise ValueError("%s must be True or False, got %r" % (name, value))
+    return bool(value)
+
 
 def check_int(name, value, minimum=None):
     """``value`` must be an integer (not a bool) and at least ``minimum``."""
@@ -29,6 +41,9 @@ def check_float(name, value, low=None, high=None, low_open=False, high_open=Fals
     if isinstance(value, bool) or not isinstance(value, numbers.Real) or not math.isfinite(value):
         raise ValueError("%s must be a finite number, got %r" % (name, value))
     value = float(value)
+    if value != 0 and not _FLOAT32.tiny <= abs(value) <= _FLOAT32.max:
+        raise ValueError("%s must be 0 or between %.4g and %.4g in magnitude (float32, which "
+                         "MXNet computes in), got %r" % (name, _FLOAT32.tiny, _FLOAT32.max, value))
     too_low = low is not None and (value <= low if low_open else value < low)
     too_high = high is not None and (value >= high if high_open else value > high)
     if too_low or too_high:
@@ -48,9 +63,17 @@ def check_ignore_label(value):
     """An ignore label is None (nothing ignored) or an integer such as -1 or 255."""
     if value is None:
         return None
-    if isinstance(value, bool) or not isinstance(value, numbers.Real) or value != int(value):
+    if (isinstance(value, bool) or not isinstance(value, numbers.Real)
+            or not math.isfinite(value) or value != int(value)):
         raise ValueError("ignore_label must be an integer or None, got %r" % (value,))
+    if abs(value) > _MAX_EXACT_LABEL:
+        raise ValueError("ignore_label must lie in [-%d, %d] (labels travel as float32), got %r"
+                         % (_MAX_EXACT_LABEL, _MAX_EXACT_LABEL, value))
     return int(value)
+
+
+# The largest integer up to which every integer is exact in float32, the labels' dtype.
+_MAX_EXACT_LABEL = 2 ** 24
 
 
 def as_weight_vector(name, value, length=None):
@@ -61,18 +84,25 @@ def as_weight_vector(name, value, length=None):
     """
     if isinstance(value, mx.nd.NDArray):
         value = value.asnumpy()
-    try:
-        array = np.asarray(value, dtype=np.float64)
-    except (TypeError, ValueError):
+    # Strings, bools and objects are refused rather than coerced: ["1", "2"] and
+    # [True, False] are almost certainly mistakes.
+    raw = np.asarray(value)
+    if raw.dtype.kind not in "iuf":
         raise ValueError("%s must be a sequence of numbers, got %r" % (name, value))
+    array = raw.astype(np.float64)
     if array.ndim != 1 or array.size == 0:
-        raise ValueError("%s must be a non-empty 1-D vector, got shape %s" % (name, array.shape))
+        raise ValueError("%s must be a non-empty 1-D vector, got shape %s: %r"
+                         % (name, array.shape, value))
     if length is not None and array.size != length:
         raise ValueError("%s must have length %d, got length %d" % (name, length, array.size))
     bad = np.flatnonzero(~np.isfinite(array) | (array < 0))
     if bad.size:
         raise ValueError("%s must be finite and >= 0, got %r at index %d"
                          % (name, array[bad[0]], bad[0]))
+    bad = np.flatnonzero((array > _FLOAT32.max) | ((array > 0) & (array < _FLOAT32.tiny)))
+    if bad.size:
+        raise ValueError("%s entries must be 0 or between %.4g and %.4g (float32), got %r at "
+                         "index %d" % (name, _FLOAT32.tiny, _FLOAT32.max, array[bad[0]], bad[0]))
     if not np.any(array > 0):
         raise ValueError("%s must have at least one positive entry, got all zeros" % name)
     return array.astype(np.float32)
@@ -93,8 +123,37 @@ def check_labels(label, num_classes, ignore_label, name="label"):
     """
     values = label.asnumpy() if isinstance(label, mx.nd.NDArray) else np.asarray(label)
     kept = values if ignore_label is None else values[values != ignore_label]
-    bad = kept[(kept < 0) | (kept >= num_classes) | (kept != np.floor(kept))]
+    fractional = kept[kept != np.floor(kept)]
+    if fractional.size:
+        raise ValueError("%s contains %r, which is not an integer class index"
+                         % (name, fractional.flat[0].item()))
+    bad = kept[(kept < 0) | (kept >= num_classes)]
     if bad.size:
         ignored = "" if ignore_label is None else " and is not ignore_label=%d" % ignore_label
         raise ValueError("%s contains %r, which is outside [0, %d)%s"
                          % (name, bad.flat[0].item(), num_classes, ignored))
+
+
+def as_ndarray(name, value, ctx=None):
+    """``value`` as an NDArray: NDArrays and Symbols pass through; NumPy arrays and
+    (nested) lists of numbers are copied onto ``ctx`` (CPU when None), float data
+    keeping its dtype, integer and bool data becoming float32.
+
+    Anything else raises ``ValueError`` naming the argument.
+    """
+    if isinstance(value, (mx.nd.NDArray, mx.sym.Symbol)):
+        return value
+    array = np.asarray(value) if isinstance(value, (np.ndarray, list, tuple)) else None
+    if array is None or array.dtype.kind not in "biuf":
+        raise ValueError("%s must be an NDArray, a NumPy array or a list of numbers, got %r"
+                         % (name, value))
+    if array.dtype.kind != "f":
+        array = array.astype(np.float32)
+    return mx.nd.array(array, ctx=ctx or mx.cpu(), dtype=array.dtype)
+
+
+def check_not_empty(name, shape):
+    """MXNet's operators read a 0 in a shape as "unknown" and cannot run on empty arrays."""
+    if 0 in shape:
+        raise ValueError("%s is empty (shape %s): MXNet cannot run operators on empty "
+                         "arrays; skip the batch" % (name, tuple(shape)))

@@ -29,7 +29,13 @@ def poison_invalid(F, loss, invalid):
 
 
 def apply_scalar_weight(loss, weight):
-    """Multiply by the loss's global ``weight`` unless it is 1 (saves a graph node)."""
+    """Multiply by the loss's global ``weight`` unless it is 1 (saves a graph node).
+
+    ``weight=0`` gives exact zeros (and a zero gradient) even where ``loss`` is inf,
+    where a product would give NaN.
+    """
+    if weight == 0:
+        return loss.zeros_like()
     return loss if weight == 1.0 else loss * weight
 
 

@@ -9,8 +9,8 @@ import numpy as np
 import mxnet as mx
 from mxnet.gluon.loss import Loss
 
-from .checks import (as_weight_vector, check_choice, check_float, check_ignore_label,
-                     check_labels, check_shape)
+from .checks import (as_ndarray, as_weight_vector, check_bool, check_choice, check_float,
+                     check_ignore_label, check_labels, check_not_empty, check_shape)
 from .first_call import SerializedFirstCall
 from .graph_ops import apply_scalar_weight, detached_label, ensure_on_context
 from . import fused
@@ -19,9 +19,14 @@ __all__ = ["WeightedSoftmaxCELoss", "weighted_softmax_ce", "NORMALIZATIONS"]
 
 NORMALIZATIONS = ("valid", "batch", "weight", "null", "none")
 
-# (1 - p_t) below this is treated as 0 by the focal factor. Its log is finite in
-# float32, so the factor's gradient never forms inf * 0 when p_t rounds to 1.
-_FOCAL_FLOOR = 1e-30
+_FLOAT32_MAX = float(np.finfo(np.float32).max)
+# Multiplying by a power of two is exact, so the mean over classes of log-probabilities
+# as large as -3e38 is formed without its sum overflowing; only magnitudes below about
+# 5e-29 lose precision, far below what the loss resolves.
+_MEAN_SCALE = 2.0 ** -32
+_LOG_HALF = float(np.log(0.5))
+_FLOAT32_TINY = float(np.finfo(np.float32).tiny)
+_LOG_TWO = float(np.log(2.0))
 
 
 def _class_axis_shape(axis, ndim):
@@ -113,11 +118,14 @@ def weighted_softmax_ce(F, pred, label, class_weight=None, sample_weight=None, a
         else:
             value = -target_log_prob
             if label_smoothing > 0:
-                value = (1 - label_smoothing) * value - label_smoothing * F.mean(log_prob,
-                                                                                 axis=axis)
+                value = (1 - label_smoothing) * value - label_smoothing * _class_mean(
+                    F, log_prob, axis)
             if gamma > 0:
-                value = _focal_factor(F, target_log_prob, gamma) * value
-        position_weight = F.take(_guarded_class_weight(F, class_weight, pred, axis), index + 1)
+                log_one_minus_p = _log_one_minus_prob(
+                    F, pred, target_log_prob, F.pick(pred, index, axis=axis), axis, False)
+                value = _focal(F, value, log_one_minus_p, gamma)
+        position_weight = F.take(_guarded_class_weight(F, class_weight, pred, axis),
+                                 _lookup_index(F, index))
         if keep is not None:
             position_weight = position_weight * keep
         positions = label
@@ -128,11 +136,14 @@ def weighted_softmax_ce(F, pred, label, class_weight=None, sample_weight=None, a
         if label_smoothing > 0:
             target = (1 - label_smoothing) * target + label_smoothing * F.softmax(
                 F.zeros_like(log_prob), axis=axis)
-        per_class = target * log_prob
-        if gamma > 0:
-            per_class = per_class * _focal_factor(F, log_prob, gamma)
         if class_weight is not None:
-            per_class = F.broadcast_mul(per_class, class_weight)
+            target = F.broadcast_mul(target, class_weight)
+        # A class with (weighted) target 0 contributes exactly 0, even where its
+        # log-probability overflows to -inf.
+        per_class = F.where(target != 0, target * log_prob, F.zeros_like(log_prob))
+        if gamma > 0:
+            per_class = -_focal(F, -per_class, _log_one_minus_prob(F, pred, log_prob, pred,
+                                                                   axis, True), gamma)
         value = -F.sum(per_class, axis=axis)
         keep = position_weight = None
         # A label-side array shaped like the positions (pred without the class axis).
@@ -142,7 +153,8 @@ def weighted_softmax_ce(F, pred, label, class_weight=None, sample_weight=None, a
         weight = _product(F, weight, _normalizer(F, normalization, keep, weight, positions))
     if sign < 0:
         weight = -weight  # sparse labels always have a position weight
-    loss = value if weight is None else F.broadcast_mul(value, weight)
+    # Sparse labels: the position weight gives `weight` the positions' full shape.
+    loss = value if weight is None else _weigh(F, value, weight, full=sparse_label)
     if normalization == "none" or ndim == 2:
         return loss  # with 1-D labels every position is a sample
     return F.mean(loss, axis=batch_axis, exclude=True)
@@ -153,10 +165,78 @@ def _moves_class_axis(axis, ndim):
     return ndim is not None and ndim > 2 and axis % ndim != ndim - 1
 
 
-def _focal_factor(F, log_prob, gamma):
-    r""":math:`(1 - p)^\gamma`, from log-probabilities, finite in value and gradient."""
-    one_minus_p = F.maximum(-F.expm1(log_prob), _FOCAL_FLOOR)
-    return F.exp(gamma * F.log(one_minus_p))
+def _lookup_index(F, index):
+    """Where to look ``index`` up in the guarded class weights: ``index + 1``, or far past
+    the end (clipped onto the trailing NaN) when ``index`` is not an integer, so that a
+    label such as 1.5 poisons its position instead of being truncated into class 1."""
+    fractional = index != F.floor(index)
+    # 2**30: past any class count, and still a well-defined integer index to clip.
+    return index + 1 + fractional * 2.0 ** 30
+
+
+def _class_mean(F, log_prob, axis):
+    """Mean of ``log_prob`` over ``axis`` without overflowing the intermediate sum."""
+    return F.mean(log_prob * _MEAN_SCALE, axis=axis) * (1 / _MEAN_SCALE)
+
+
+def _weigh(F, value, weight, full):
+    """``value * weight`` (broadcast), exactly 0 wherever ``weight`` is 0.
+
+    A position that carries no weight contributes 0 even where its value overflows to
+    inf (logits spread wider than float32's range), where a product would give NaN. A
+    NaN weight (a bad label in a graph) still poisons its position. ``full``: ``weight``
+    already has ``value``'s shape.
+    """
+    product = F.broadcast_mul(value, weight)
+    weighted = (weight if full else F.broadcast_mul(F.ones_like(product), weight)) != 0
+    return F.where(weighted, product, F.zeros_like(product))
+
+
+def _focal(F, value, log_one_minus_p, gamma):
+    r""":math:`(1 - p)^\gamma \cdot` ``value`` for ``value >= 0``, formed in the log domain.
+
+    As one exponential, :math:`\exp(\gamma \log(1-p) + \log v)`, the product's
+    gradient forms no intermediate larger than gamma times the result: as a product of two
+    factors, the gradient of the factor is ``value`` times the head gradient, which
+    overflows for huge logits even where the loss is finite. ``value`` is capped at
+    float32's largest number (it is infinite only where the logits spread wider than
+    float32's range) and floored at its smallest normal one, so both logarithms and
+    their gradients stay finite; a ``value`` of 0 (or the rounding error of a
+    log-probability just above 0) gives exactly 0.
+    """
+    # minimum/maximum, not clip: MXNet 1.9's clip lets inf through an a_max of float32 max.
+    capped = F.maximum(F.minimum(value, _FLOAT32_MAX), _FLOAT32_TINY)
+    # Halved inside the exponential: exp(log(float32 max)) can round up to inf, whose
+    # gradient times a head gradient of 0 would be NaN.
+    product = F.exp(gamma * log_one_minus_p + F.log(capped) - _LOG_TWO) * 2
+    return F.where(value > 0, product, F.zeros_like(product))
+
+
+def _log_one_minus_prob(F, logits, log_prob, selected_logits, axis, keepdims):
+    r""":math:`\log(1 - p)` for the selected classes, accurate for every finite input.
+
+    ``log_prob`` and ``selected_logits`` are the selected classes' log-probabilities
+    and logits (picked: shape of the positions; or all classes, with ``keepdims``).
+    For :math:`p \le 1/2`, ``log1p(-exp(log p))`` is accurate. Above 1/2 the class is
+    the unique largest logit :math:`m`, and :math:`1 - p = \sum_{c \ne m} p_c`, whose
+    log is formed from the other logits alone,
+    :math:`\mathrm{lse}_{c \ne m}(z_c) - \mathrm{lse}(z)` with
+    :math:`\mathrm{lse}(z) = z_m - \log p_m`, so nothing cancels or underflows even
+    when :math:`1 - p` is far below float32's smallest number (a logit gap of 1e4).
+    Both branches are finite for every input, so neither sends NaN into the gradient.
+    """
+    top = F.max(logits, axis=axis, keepdims=True)
+    is_top = F.broadcast_equal(logits, top)
+    # The logits with every maximum replaced by float32's lowest number; their
+    # logsumexp is that of the classes other than the (unique) maximum.
+    others = logits * (1 - is_top) - is_top * _FLOAT32_MAX
+    second = F.BlockGrad(F.max(others, axis=axis, keepdims=True))
+    spread = F.sum(F.exp(F.broadcast_sub(others, second)), axis=axis, keepdims=keepdims)
+    if not keepdims:
+        second = F.squeeze(second, axis=axis)
+    from_others = F.broadcast_sub(second + F.log(spread), selected_logits) + log_prob
+    from_own = F.log1p(-F.exp(F.minimum(log_prob, _LOG_HALF)))
+    return F.where(log_prob <= _LOG_HALF, from_own, from_others)
 
 
 def _product(F, a, b):
@@ -187,9 +267,18 @@ def _normalizer(F, normalization, keep, weight, positions):
     if weight is None:
         return None
     ones = F.ones_like(positions)
-    total = _sum_all(F, F.broadcast_mul(weight, ones), ones)
+    # Magnitudes: a negative sample weight flips its position's sign without shrinking
+    # the divisor (see the class docstring).
+    total = _sum_all(F, F.abs(F.broadcast_mul(weight, ones)), ones)
     # A zero total means every position has weight 0, so the numerator is 0 too.
     return size / F.where(total > 0, total, F.ones_like(total))
+
+
+def _broadcasts(shape, target, same_ndim):
+    """Whether ``shape`` broadcasts to ``target`` (aligned on the right)."""
+    if len(shape) > len(target) or (same_ndim and len(shape) != len(target)):
+        return False
+    return all(s in (1, t) for s, t in zip(shape[::-1], target[::-1]))
 
 
 class WeightedSoftmaxCELoss(SerializedFirstCall, Loss):
@@ -216,7 +305,7 @@ class WeightedSoftmaxCELoss(SerializedFirstCall, Loss):
     valid    :math:`\max(1, \#\{i: y_i \ne \text{ignore}\})`   ``SoftmaxOutput(normalization='valid')``,
                                                                Chainer ``normalize=True``
     batch    number of label positions, ignored ones included  gluon ``SoftmaxCrossEntropyLoss``
-    weight   :math:`\sum_{i \text{ kept}} w_{y_i} s_i` (1 if 0)  PyTorch ``CrossEntropyLoss(weight=w)``,
+    weight   :math:`\sum_{i \text{ kept}} |w_{y_i} s_i|` (1 if 0) PyTorch ``CrossEntropyLoss(weight=w)``,
                                                                ``reduction='mean'``
     null     1                                                 a plain sum
     none     no reduction: the :math:`l_i` themselves          per-position losses for hard-example mining
@@ -236,7 +325,25 @@ class WeightedSoftmaxCELoss(SerializedFirstCall, Loss):
     :math:`(1-\varepsilon) t_i + \varepsilon / C`.
 
     ``gamma > 0`` is the softmax focal loss of Lin et al. (2017); ``gamma = 0`` is
-    plain cross-entropy. Inputs of any float type are computed in float32.
+    plain cross-entropy. The factor :math:`(1-p)^\gamma` is formed in the log domain
+    from the logits, so it stays exact when :math:`1-p` is far below float32's range.
+    Inputs of any float type are computed in float32.
+
+    Edge behaviour (each promise is a test in ``tests/test_reliability.py``):
+
+    * A position that carries no weight (ignored, class weight 0, sample weight 0,
+      ``weight=0``) gives exactly 0 and a zero gradient, for every finite input.
+    * Finite input never gives NaN. The loss is finite wherever its true value fits
+      in float32 and the logits along ``axis`` spread less than float32's largest
+      number; beyond that spread a weighted position may be inf. The gradient is
+      finite wherever the loss is (with ``gamma > 1``, wherever gamma times the loss is).
+    * Negative sample weights flip the sign of their positions; ``'weight'``
+      normalization divides by the total weight *magnitude*, so the divisor stays
+      positive.
+    * ``ignore_label`` applies to sparse labels only; with ``sparse_label=False`` a
+      position whose target row is all zeros contributes 0.
+    * Inside a hybridized graph a bad label (outside ``[0, C)``, not an integer, and
+      not ``ignore_label``) makes the loss NaN; imperatively it raises ``ValueError``.
 
     Parameters
     ----------
@@ -254,7 +361,8 @@ class WeightedSoftmaxCELoss(SerializedFirstCall, Loss):
     ignore_label : int or None, default -1
         Label value whose positions get zero loss and zero gradient (-1 for
         GluonCV's unsampled proposals and for GluonCV's segmentation masks, which
-        turn the files' 255 into -1). None ignores nothing.
+        turn the files' 255 into -1). None ignores nothing. Sparse labels only: dense
+        targets carry no label to ignore.
     normalization : {'valid', 'batch', 'weight', 'null', 'none'}, default 'valid'
         The divisor :math:`Z`, see the table above.
     label_smoothing : float in [0, 1), default 0
@@ -274,12 +382,16 @@ class WeightedSoftmaxCELoss(SerializedFirstCall, Loss):
     Inputs
     ------
     - **pred**: ``(N, C)``, ``(B, N, C)`` with ``axis=-1``, ``(B, C, H, W)`` with
-      ``axis=1``: any shape with the classes along ``axis``.
+      ``axis=1``: any shape with the classes along ``axis``, at least 2-D and not
+      empty. NumPy arrays and lists are accepted for every input and copied to
+      NDArrays (on ``pred``'s context).
     - **label**: ``pred``'s shape without ``axis`` (that shape with ``axis`` kept as 1
       is accepted too); with ``sparse_label=False``, ``pred``'s shape.
     - **sample_weight** (optional): the label's shape, the label's shape with the class
-      axis kept as 1 (gluon's convention, e.g. ``(B, N, 1)``), ``(batch,)``, or
-      anything with the label's number of dimensions that broadcasts to it.
+      axis kept as 1 (gluon's convention, e.g. ``(B, N, 1)``), ``(batch,)``, anything
+      with the label's number of dimensions that broadcasts to it, or anything gluon
+      accepts that broadcasts to ``pred``'s shape with the class axis kept as 1
+      (``(B, 1, 1, 1)`` for NCHW). A hybridized loss takes it on every call or on none.
 
     Outputs
     -------
@@ -300,14 +412,15 @@ class WeightedSoftmaxCELoss(SerializedFirstCall, Loss):
         if isinstance(batch_axis, bool) or not isinstance(batch_axis, (int, np.integer)):
             raise ValueError("batch_axis must be an integer, got %r" % (batch_axis,))
         self._axis = int(axis)
-        self._sparse_label = bool(sparse_label)
-        self._from_logits = bool(from_logits)
+        self._sparse_label = check_bool("sparse_label", sparse_label)
+        self._from_logits = check_bool("from_logits", from_logits)
         self._ignore_label = check_ignore_label(ignore_label)
         self._normalization = check_choice("normalization", normalization, NORMALIZATIONS)
         self._label_smoothing = check_float("label_smoothing", label_smoothing, 0.0, 1.0,
                                             high_open=True)
         self._gamma = check_float("gamma", gamma, low=0.0)
         self._built_ndim = None
+        self._built_with_sample_weight = None
         self._num_classes = None
         if fused not in (None, True, False):
             raise ValueError("fused must be None, True or False, got %r" % (fused,))
@@ -338,7 +451,7 @@ class WeightedSoftmaxCELoss(SerializedFirstCall, Loss):
         self.class_weight.set_data(mx.nd.array(weights))
 
     def forward(self, pred, label, sample_weight=None):
-        if isinstance(pred, mx.nd.NDArray):
+        if not isinstance(pred, mx.sym.Symbol):
             pred, label, sample_weight = self._prepare(pred, label, sample_weight)
             context = pred.context
             if context.device_type != self._fused_device:
@@ -369,10 +482,20 @@ class WeightedSoftmaxCELoss(SerializedFirstCall, Loss):
         """NDArray-level checks and shape conventions, run before graph or imperative code.
 
         Every shape, dtype and context is read once: each read is a call into the
-        MXNet library, and at small sizes they cost as much as the loss itself.
+        MXNet library, and at small sizes they cost as much as the loss itself. NumPy
+        arrays and lists are copied to NDArrays on ``pred``'s context.
         """
+        pred = as_ndarray("pred", pred)
+        if not isinstance(label, mx.nd.NDArray):
+            label = as_ndarray("label", label, pred.context)
+        if sample_weight is not None and not isinstance(sample_weight, mx.nd.NDArray):
+            sample_weight = as_ndarray("sample_weight", sample_weight, pred.context)
         pred_shape, label_shape = pred.shape, label.shape
         ndim = len(pred_shape)
+        if ndim < 2:
+            raise ValueError("pred must have a batch axis and a class axis, got shape %s"
+                             % (pred_shape,))
+        check_not_empty("pred", pred_shape)
         if not -ndim <= self._axis < ndim:
             raise ValueError("axis=%d is out of range for pred of shape %s" % (self._axis, pred_shape))
         axis = self._axis % ndim
@@ -384,6 +507,10 @@ class WeightedSoftmaxCELoss(SerializedFirstCall, Loss):
                                               _layout_hint(pred_shape, self._num_classes)))
         position_shape = pred_shape[:axis] + pred_shape[axis + 1:]
         kept_axis_shape = pred_shape[:axis] + (1,) + pred_shape[axis + 1:]
+        if self._batch_axis >= len(position_shape):
+            raise ValueError("batch_axis=%d is out of range for the label's %d dimension(s) "
+                             "(pred of shape %s without class axis %d)"
+                             % (self._batch_axis, len(position_shape), pred_shape, self._axis))
         if self._sparse_label:
             if label_shape != position_shape and label_shape == kept_axis_shape:
                 label = label.reshape(position_shape)
@@ -393,8 +520,14 @@ class WeightedSoftmaxCELoss(SerializedFirstCall, Loss):
             check_shape("label", label_shape, pred_shape, "pred (sparse_label=False)")
         if sample_weight is not None:
             sample_weight = self._broadcastable_sample_weight(sample_weight, position_shape,
-                                                              kept_axis_shape)
+                                                              kept_axis_shape, axis)
         built = bool(self._active and self._cached_graph)
+        if built and self._built_with_sample_weight != (sample_weight is not None):
+            raise ValueError(
+                "sample_weight was %s on the call that built this hybridized loss and is %s "
+                "now; pass sample_weight on every call or on none (ones weigh nothing), or "
+                "call hybridize() again" % (("given", "None") if self._built_with_sample_weight
+                                            else ("None", "given")))
         if not self._active:
             if self._sparse_label:
                 check_labels(label, class_count, self._ignore_label)
@@ -403,6 +536,7 @@ class WeightedSoftmaxCELoss(SerializedFirstCall, Loss):
                              " call hybridize() again" % (ndim, self._built_ndim))
         if not built:
             self._built_ndim = ndim
+            self._built_with_sample_weight = sample_weight is not None
         # Computing in float32 keeps float16 inputs from overflowing in the softmax.
         if pred.dtype != np.float32:
             pred = pred.astype(np.float32)
@@ -430,20 +564,30 @@ class WeightedSoftmaxCELoss(SerializedFirstCall, Loss):
             return True
         return not self._sparse_label and self._num_classes is not None and self._axis >= 0
 
-    def _broadcastable_sample_weight(self, sample_weight, position_shape, kept_axis_shape):
+    def _broadcastable_sample_weight(self, sample_weight, position_shape, kept_axis_shape,
+                                     axis):
+        """``sample_weight`` reshaped to the label's number of dimensions.
+
+        Accepted, in this order: shapes with the label's number of dimensions that
+        broadcast to it; ``(batch,)`` (one weight per sample); and every shape gluon's
+        losses accept, that is, shapes that broadcast (NumPy-style, aligned on the
+        right) to ``pred``'s shape with the class axis kept as 1, such as
+        ``(B, 1, 1, 1)`` for NCHW scores or ``(B, 1, 1)`` for ``(B, N, C)``.
+        """
         shape = sample_weight.shape
         if shape == kept_axis_shape and shape != position_shape:
             return sample_weight.reshape(position_shape)
+        if _broadcasts(shape, position_shape, same_ndim=True):
+            return sample_weight
         if len(position_shape) > 1 and shape == (position_shape[self._batch_axis],):
             spec = [1] * len(position_shape)
             spec[self._batch_axis] = shape[0]
             return sample_weight.reshape(tuple(spec))
-        broadcasts = len(shape) == len(position_shape) and all(
-            s in (1, p) for s, p in zip(shape, position_shape))
-        if not broadcasts:
-            raise ValueError("sample_weight has shape %s, which does not broadcast to the "
-                             "label's shape %s" % (shape, position_shape))
-        return sample_weight
+        if _broadcasts(shape, kept_axis_shape, same_ndim=False):
+            full = (1,) * (len(kept_axis_shape) - len(shape)) + tuple(shape)
+            return sample_weight.reshape(full[:axis] + full[axis + 1:])
+        raise ValueError("sample_weight has shape %s, which does not broadcast to the "
+                         "label's shape %s" % (shape, position_shape))
 
     def hybrid_forward(self, F, pred, label, sample_weight=None, class_weight=None):
         if self._use_fused:

@@ -30,6 +30,23 @@ def batches():
         yield x, y
 
 
+def network_trainer(net, kv):
+    """SGD on the workers over the shared dist_sync kvstore, weights broadcast now.
+
+    gluon.Trainer broadcasts its parameters lazily inside the first step(), and on CPU
+    the dist kvstore lets that step's gradient push overtake the broadcast's pull, so a
+    worker can start from the summed gradient instead of the weights (MXNet 1.9,
+    kvstore_dist.h reuses the push buffer without waiting). Broadcast up front and
+    wait. CenterTrainer broadcasts when created, before any push.
+    """
+    trainer = gluon.Trainer(net.collect_params(), "sgd", {"learning_rate": 0.1},
+                            kvstore=kv, update_on_kvstore=False)
+    trainer._init_kvstore()
+    trainer._init_params()
+    mx.nd.waitall()
+    return trainer
+
+
 def main(out_dir):
     kv = mx.kv.create("dist_sync")
     rank, workers = kv.rank, kv.num_workers
@@ -43,16 +60,7 @@ def main(out_dir):
     # servers only sum (an optimizer on the servers would apply to every key).
     net = gluon.nn.Dense(3, in_units=FEATURE_DIM)
     net.initialize(mx.init.Constant(0.1))
-    net_trainer = gluon.Trainer(net.collect_params(), "sgd", {"learning_rate": 0.1},
-                                kvstore=kv, update_on_kvstore=False)
-    # gluon.Trainer broadcasts its parameters lazily inside the first step(), and on
-    # CPU the dist kvstore lets that step's gradient push overtake the broadcast's
-    # pull, so a worker can start from the summed gradient instead of the weights
-    # (MXNet 1.9, kvstore_dist.h reuses the push buffer without waiting). Broadcast
-    # up front and wait. CenterTrainer broadcasts when created, before any push.
-    net_trainer._init_kvstore()
-    net_trainer._init_params()
-    mx.nd.waitall()
+    net_trainer = network_trainer(net, kv)
     trainer = loss.trainer(kvstore=kv)
     part = BATCH // workers
     for step, (x, y) in enumerate(batches()):

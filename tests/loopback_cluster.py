@@ -3,6 +3,7 @@ import os
 import socket
 import subprocess
 import sys
+import time
 
 import pytest
 
@@ -22,26 +23,49 @@ def run_dist_sync(worker_args, cwd, num_workers=2, timeout=120, env=None):
     Every worker must exit 0 within ``timeout`` seconds in all, or the test fails with
     its output. Whatever happens, every process started here is killed and reaped.
     """
+    for returncode, output in run_cluster(worker_args, cwd, num_workers, timeout, env):
+        assert returncode == 0, output[-3000:]
+
+
+def run_cluster(worker_args, cwd, num_workers=2, timeout=120, env=None, meanwhile=None):
+    """As :func:`run_dist_sync`, but returns each worker's (exit status, output) instead of
+    requiring 0; a worker still running after ``timeout`` seconds fails the test.
+    ``meanwhile(processes)``, if given, runs once every process has started (scheduler,
+    server, then the workers), e.g. to kill one of them.
+
+    The scheduler and the server are killed once every worker has ended, and every
+    process is reaped before this returns.
+    """
     env = dict(os.environ if env is None else env, DMLC_PS_ROOT_URI="127.0.0.1",
                DMLC_PS_ROOT_PORT=str(free_port()), DMLC_NUM_SERVER="1",
                DMLC_NUM_WORKER=str(num_workers), OMP_NUM_THREADS="1")
     idle = ["-c", "import mxnet"]  # importing mxnet with DMLC_ROLE set runs that role
     roles = [("scheduler", idle), ("server", idle)] + [("worker", list(worker_args))] * num_workers
     procs = []
+    results = []
     try:
         for role, args in roles:
             procs.append(subprocess.Popen([sys.executable] + args, env=dict(env, DMLC_ROLE=role),
                                           cwd=cwd, stdout=subprocess.PIPE,
                                           stderr=subprocess.STDOUT))
+        if meanwhile is not None:
+            meanwhile(procs)
+        deadline = time.monotonic() + timeout
         for proc in procs[2:]:
             try:
-                output, _ = proc.communicate(timeout=timeout)
+                output, _ = proc.communicate(timeout=max(1.0, deadline - time.monotonic()))
             except subprocess.TimeoutExpired:
-                pytest.fail("a dist_sync worker did not finish within %d s" % timeout)
-            assert proc.returncode == 0, output.decode(errors="replace")[-3000:]
+                proc.kill()
+                output, _ = proc.communicate()
+                pytest.fail("a dist_sync worker did not finish within %d s:\n%s"
+                            % (timeout, output.decode(errors="replace")[-3000:]))
+            results.append((proc.returncode, output.decode(errors="replace")))
     finally:
         for proc in procs:
             if proc.poll() is None:
                 proc.kill()
         for proc in procs:
             proc.wait(timeout=30)
+            if proc.stdout is not None:
+                proc.stdout.close()
+    return results

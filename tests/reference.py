@@ -7,6 +7,34 @@ def log_softmax(x, axis=-1):
     return shifted - np.log(np.exp(shifted).sum(axis=axis, keepdims=True))
 
 
+def logsumexp(x, axis=-1):
+    top = x.max(axis=axis, keepdims=True)
+    top = np.where(np.isfinite(top), top, 0.0)
+    with np.errstate(divide="ignore"):
+        return (top + np.log(np.exp(x - top).sum(axis=axis, keepdims=True))).squeeze(axis)
+
+
+def log_one_minus_prob(logits):
+    """log(1 - p_c) for every class c along the last axis, from the logits (float64).
+
+    The sum of the other classes' probabilities, in the log domain: exact where
+    1 - p_c is far below float64's range (a logit gap of 1e4), where 1 - exp(log p)
+    rounds to 0. -inf with a single class.
+    """
+    num_classes = logits.shape[-1]
+    out = np.empty(logits.shape)
+    total = logsumexp(logits)
+    for c in range(num_classes):
+        others = np.delete(logits, c, axis=-1)
+        out[..., c] = (logsumexp(others) if num_classes > 1 else -np.inf) - total
+    return out
+
+
+def focal_factor(logits, gamma):
+    """(1 - p)^gamma per class, in the log domain (exactly 0 with one class)."""
+    return np.exp(gamma * log_one_minus_prob(logits))
+
+
 def softmax_ce(pred, label, class_weight=None, sample_weight=None, axis=-1, sparse_label=True,
                from_logits=False, ignore_label=-1, normalization="valid", label_smoothing=0.0,
                gamma=0.0, batch_axis=0):
@@ -23,13 +51,14 @@ def softmax_ce(pred, label, class_weight=None, sample_weight=None, axis=-1, spar
         target = np.take_along_axis(log_prob, index[..., None], axis=-1)[..., 0]
         loss = -((1 - eps) * target + eps / num_classes * log_prob.sum(axis=-1))
         if gamma:
-            loss = loss * (1 - np.exp(target)) ** gamma
+            factor = focal_factor(pred, gamma)
+            loss = loss * np.take_along_axis(factor, index[..., None], axis=-1)[..., 0]
         position_weight = weights[index] * keep
     else:
         target = (1 - eps) * np.moveaxis(np.asarray(label, np.float64), axis, -1) + eps / num_classes
         per_class = target * log_prob * weights
         if gamma:
-            per_class = per_class * (1 - np.exp(log_prob)) ** gamma
+            per_class = per_class * focal_factor(pred, gamma)
         loss = -per_class.sum(axis=-1)
         keep = np.ones(loss.shape, bool)
         position_weight = np.ones(loss.shape)
@@ -43,7 +72,8 @@ def softmax_ce(pred, label, class_weight=None, sample_weight=None, axis=-1, spar
     elif normalization == "batch":
         total = loss.size
     elif normalization == "weight":
-        total = (position_weight * sample * keep).sum()
+        # Magnitudes: negative sample weights flip their positions' sign only.
+        total = np.abs(position_weight * sample * keep).sum()
         total = total if total > 0 else 1.0
     else:
         total = 1.0

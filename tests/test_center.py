@@ -5,6 +5,7 @@ import numpy as np
 import pytest
 import mxnet as mx
 from mxnet import autograd, gluon, nd
+from hypothesis import HealthCheck, given, settings, strategies as st
 
 from gluon_losses import CenterLoss, WeightedSoftmaxCELoss
 from gluon_losses import center as center_module
@@ -578,3 +579,52 @@ def test_labels_from_a_recorded_graph_need_no_detach(hybridize):
     expected = eq4_reference(np.zeros((3, 3)), 2 * x.asnumpy(), y, 0.5)
     np.testing.assert_allclose(loss.centers.data().asnumpy(), expected, rtol=1e-6, atol=1e-6)
     np.testing.assert_allclose(x.grad.asnumpy(), 2 * 2 * x.asnumpy(), rtol=1e-6)
+
+
+# ------------------------------------------------------------- properties --
+
+@settings(max_examples=int(os.environ.get("HYPOTHESIS_EXAMPLES", 40)) // 2, deadline=None,
+          suppress_health_check=[HealthCheck.too_slow])
+@given(data=st.data())
+def test_property_matches_float64_eq4_over_repeated_steps(data):
+    """float16/32/64 features, K and D from 1, ignored and repeated labels, weight 0
+    included, both storage paths, imperative and hybridized: loss, feature gradient and
+    centers against float64 NumPy over several steps of Eq. 4."""
+    dtype = data.draw(st.sampled_from(["float16", "float32", "float64"]), label="dtype")
+    num_classes = data.draw(st.integers(1, 5), label="K")
+    feature_dim = data.draw(st.integers(1, 4), label="D")
+    batch = data.draw(st.integers(1, 9), label="B")
+    alpha = data.draw(st.sampled_from([0.05, 0.5, 1.0]), label="alpha")
+    weight = data.draw(st.sampled_from([0.0, 0.3, 2.0]), label="weight")
+    ignore_label = data.draw(st.sampled_from([None, -1]), label="ignore_label")
+    dense = data.draw(st.booleans(), label="dense")
+    hybridize = data.draw(st.booleans(), label="hybridize")
+    scale = data.draw(st.sampled_from([1.0, 100.0]), label="scale")
+    rng = np.random.RandomState(data.draw(st.integers(0, 10 ** 6), label="seed"))
+    loss = make_loss(num_classes, feature_dim, hybridize=hybridize, alpha=alpha,
+                     weight=weight, ignore_label=ignore_label, dense=dense)
+    trainer = loss.trainer()
+    centers = np.zeros((num_classes, feature_dim))
+    lowest = 0 if ignore_label is None else -1
+    for _ in range(3):
+        x = (rng.randn(batch, feature_dim) * scale).astype(dtype)
+        y = rng.randint(lowest, num_classes, size=batch).astype(np.float32)
+        features = nd.array(x, dtype=dtype)
+        features.attach_grad()
+        with autograd.record():
+            out = loss(features, nd.array(y))
+        out.backward()
+        trainer.step(batch)
+        x64 = x.astype(np.float64)   # float16 and float32 are exact in float64
+        if dtype == "float64":       # computed in float32, the centers' dtype
+            x64 = x.astype(np.float32).astype(np.float64)
+        value, grad = loss_reference(centers, x64, y, weight, ignore_label=ignore_label)
+        centers = eq4_reference(centers, x64, y, alpha, ignore_label=ignore_label)
+        atol = 1e-5 * scale ** 2
+        np.testing.assert_allclose(out.asnumpy(), value, rtol=1e-4, atol=atol)
+        assert features.grad.dtype == np.dtype(dtype)
+        np.testing.assert_allclose(features.grad.asnumpy().astype(np.float64), grad,
+                                   rtol=2e-3 if dtype == "float16" else 1e-5,
+                                   atol=2e-3 * scale if dtype == "float16" else 1e-5 * scale)
+        np.testing.assert_allclose(loss.centers.data().asnumpy(), centers, rtol=1e-5,
+                                   atol=1e-5 * scale)

@@ -57,6 +57,11 @@ def build_parser():
                         "figure uses 0.003)")
     g.add_argument("--alpha", type=float, default=d["alpha"],
                    help="center update rate (default %(default)s)")
+    g = p.add_argument_group("distributed")
+    g.add_argument("--stall-timeout", type=float, metavar="SECONDS", default=d["stall_timeout"],
+                   help="with a dist kvstore: exit with status 75 when no training step "
+                        "completes for SECONDS (a dead worker, server or scheduler); above the "
+                        "slowest epoch's evaluation; 0 = never (default %(default)s)")
     common.add_common_arguments(
         p, out=None, epochs=None, batch_size=d["batch_size"], optimizer=d["optimizer"],
         lr=d["lr"], momentum=d["momentum"], wd=d["wd"], lr_decay=d["lr_decay"],

@@ -28,7 +28,7 @@ DATASET_DEFAULTS = {
     "fashion-mnist": dict(size=28, channels=[32, 64, 128], epochs=12, lr_decay_epochs="8,11"),
 }
 # Settings a resumed run may change (where it runs, how it is watched, how long).
-RUNTIME = common.RUNTIME_FLAGS + ("data_dir",)
+RUNTIME = common.RUNTIME_FLAGS + ("data_dir", "stall_timeout")
 
 
 def make_kvstores(kind):
@@ -100,15 +100,18 @@ def make_trainers(nets, center_loss, optimizer, optimizer_params, net_kv, center
 
 
 def train_epoch(nets, ce, center_loss, net_trainer, center_trainer, x_train, y_train, order,
-                ctx, rank=0, workers=1, progress=None):
+                ctx, rank=0, workers=1, progress=None, beat=None):
     """One pass over the index batches ``order``; returns ``{model: {metric: value}}``.
 
     Each batch is split over the workers (``rank`` of ``workers``), then over ``ctx``.
-    ``progress``, if given, is a tqdm bar advanced once per batch.
+    ``progress``, if given, is a tqdm bar advanced once per batch; ``beat(i)``, if given,
+    is called before batch ``i`` (a StallWatchdog's beat).
     """
     meters = {m: {"ce": mx.metric.Loss("ce"), "center": mx.metric.Loss("center"),
                   "train_accuracy": mx.metric.Accuracy(axis=1)} for m in MODELS}
-    for idx in order:
+    for i, idx in enumerate(order):
+        if beat is not None:
+            beat(i)
         batch_size = len(idx)                       # the global batch: all workers
         idx = np.array_split(idx, workers)[rank]    # this worker's part of it
         xs = gluon.utils.split_and_load(x_train[idx], ctx, even_split=False)
@@ -144,8 +147,8 @@ def run(out, dataset="digits", data_dir=None, size=None, channels=None, convs_pe
         feature_dim=2, lam=0.01, alpha=0.5, imbalance=1.0, minority=(5, 6, 7, 8, 9),
         class_weighting=None, beta=0.999, epochs=None, batch_size=64, optimizer="adam",
         lr=0.003, momentum=0.9, wd=0.0, lr_decay=0.1, lr_decay_epochs=None, seed=0,
-        ctx="cpu", gpus="", kvstore="device", hybridize=True, max_iters=0, quiet=False,
-        resume=None, command=None):
+        ctx="cpu", gpus="", kvstore="device", stall_timeout=600.0, hybridize=True, max_iters=0,
+        quiet=False, resume=None, command=None):
     """Train both models and write the run folder ``out``; returns the results dict that
     is also written to ``out/results.json``.
 
@@ -153,17 +156,25 @@ def run(out, dataset="digits", data_dir=None, size=None, channels=None, convs_pe
     defaults (:data:`DATASET_DEFAULTS`); ``class_weighting`` None is ``inverse`` under
     ``imbalance > 1`` and ``none`` otherwise. With ``resume=DIR`` training continues from
     ``DIR/checkpoints``; every setting outside :data:`RUNTIME` must equal DIR's ``args.json``.
+    With a dist ``kvstore``, a process that makes no progress for ``stall_timeout``
+    seconds (a dead worker, server or scheduler) exits with status 75 and a message
+    saying how to resume (``gluon_losses.distributed.StallWatchdog``; 0: never).
     The other arguments are the command-line flags of the same names (docs/examples/center_loss.md).
     """
     config = resolve_config({k: v for k, v in locals().items() if k != "command"})
     size, epochs = config["size"], config["epochs"]
     class_weighting = config["class_weighting"]
     start_time = time.time()
+    # Started before the kvstore: a cluster that never comes up stalls as well.
+    watchdog = common.stall_watchdog("dist" in kvstore, stall_timeout,
+                                     "the %s kvstore" % kvstore, out)
+    watchdog.beat("creating the %s kvstore" % kvstore)
     net_kv, center_kv, rank, workers = make_kvstores(kvstore)
     # with dist_sync, worker 0 writes the run folder; the others only their log
     out_private = out if rank == 0 else os.path.join(out, "worker-%d" % rank)
     os.makedirs(out_private, exist_ok=True)
     log = common.get_logger(out_private, quiet=quiet, name="center_loss")
+    watchdog.on_stall = log.error
     contexts = common.parse_contexts(ctx, gpus)
     ckpt_dir = os.path.join(out, common.CHECKPOINTS)
     if not resume and os.path.exists(os.path.join(ckpt_dir, "checkpoint.json")):
@@ -201,6 +212,7 @@ def run(out, dataset="digits", data_dir=None, size=None, channels=None, convs_pe
         lr, lr_decay, config["lr_decay_epochs"], n_batches)}
     if optimizer in ("sgd", "nag"):
         opt_params["momentum"] = momentum
+    watchdog.beat("broadcasting the parameters")
     net_trainer, center_trainer = make_trainers(nets, center_loss, optimizer, opt_params,
                                                 net_kv, center_kv,
                                                 workers > 1 or "dist" in kvstore)
@@ -225,16 +237,23 @@ def run(out, dataset="digits", data_dir=None, size=None, channels=None, convs_pe
     # ---- training, epochs numbered from 1
     from tqdm import tqdm
     train_start = time.time()
-    with common.console_through_tqdm(log):
+    with common.console_through_tqdm(log), watchdog:
         epoch_bar = tqdm(range(done + 1, epochs + 1), desc="epochs", unit="epoch",
                          disable=quiet, initial=done, total=epochs, dynamic_ncols=True)
         for epoch in epoch_bar:
             tic = time.time()
             order = center_data.batches(len(y_train), batch_size, seed, epoch - 1)[:n_batches]
+
+            def beat(i, epoch=epoch, total=len(order)):
+                watchdog.beat("epoch %d, batch %d/%d (forward, backward, kvstore push/pull)"
+                              % (epoch, i + 1, total))
+
             with tqdm(total=len(order), desc="epoch %d" % epoch, unit="batch", leave=False,
                       disable=quiet, dynamic_ncols=True) as batch_bar:
                 row = train_epoch(nets, ce, center_loss, net_trainer, center_trainer,
-                                  x_train, y_train, order, contexts, rank, workers, batch_bar)
+                                  x_train, y_train, order, contexts, rank, workers, batch_bar,
+                                  beat)
+            watchdog.beat("epoch %d: evaluation and checkpoint" % epoch)
             row = dict(row, epoch=epoch, lr=net_trainer.learning_rate)
             for model in MODELS:
                 logits, _ = report.forward_all(nets[model], x_test, contexts)

@@ -83,6 +83,9 @@ def build_parser():
 
     g = p.add_argument_group("devices and output (see also the shared flags)")
     _add(g, "--horovod", action="store_true", help="distributed training with horovod")
+    _add(g, "--stall-timeout", type=float, metavar="SECONDS",
+         help="with --horovod or a dist kvstore: exit with status 75 when no training step "
+              "completes for SECONDS (a dead process of the job); 0 = never")
     _add(g, "--amp", action="store_true", help="automatic mixed precision")
     _add(g, "--val-interval", type=int, help="evaluate every N epochs and after the last")
     _add(g, "--save-interval", type=int, help="checkpoint every N epochs and after the last")

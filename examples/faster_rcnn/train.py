@@ -36,7 +36,7 @@ LOSS_NAMES = ("rpn_cls", "rpn_box", "rcnn_cls", "rcnn_box")
 # Settings that change how or where a run executes, not what it computes: a resumed run
 # may change them; any other must equal the resumed run's (OUT/args.json).
 RUNTIME = common.RUNTIME_FLAGS + ("data_root", "model_root", "num_workers", "val_interval",
-                                  "save_interval", "export")
+                                  "save_interval", "export", "stall_timeout")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -87,6 +87,7 @@ class Config:
     gpus: str = ""
     kvstore: str = "device"
     horovod: bool = False
+    stall_timeout: float = 600.0
     amp: bool = False
     hybridize: bool = True
     # output
@@ -125,7 +126,8 @@ class Config:
         for name in positive:
             if not getattr(self, name) > 0:
                 raise ValueError("%s must be > 0, got %r" % (name, getattr(self, name)))
-        for name in ("max_iters", "lr_warmup", "num_workers", "wd", "clip_gradient"):
+        for name in ("max_iters", "lr_warmup", "num_workers", "wd", "clip_gradient",
+                     "stall_timeout"):
             if getattr(self, name) < 0:
                 raise ValueError("%s must be >= 0, got %r" % (name, getattr(self, name)))
         if not 0 < self.lr_decay <= 1:
@@ -324,9 +326,10 @@ def _make_trainer(net, config, iters_per_epoch, hvd=None):
 
 
 def _train_epoch(epoch, loader, iters, batch_size, step, executor, trainer, ctx,
-                 show_progress):
+                 show_progress, beat=None):
     """One epoch of at most ``iters`` steps; returns ``[mx.metric.Loss]`` per loss name,
-    each the mean of that loss per image."""
+    each the mean of that loss per image. ``beat(it)``, if given, is called before
+    iteration ``it`` (a StallWatchdog's beat)."""
     from tqdm import tqdm
     metrics = [mx.metric.Loss(name) for name in LOSS_NAMES]
     with tqdm(total=iters, desc="epoch %d" % epoch, leave=False, disable=not show_progress,
@@ -334,6 +337,8 @@ def _train_epoch(epoch, loader, iters, batch_size, step, executor, trainer, ctx,
         for it, batch in enumerate(loader):
             if it >= iters:
                 break
+            if beat is not None:
+                beat(it)
             parts = shards(batch, ctx)
             # The first call of an epoch traces what is hybridized (the losses once, the
             # network after each re-hybridize). Two threads tracing one block collide (a
@@ -373,6 +378,12 @@ def train(config):
     if config.resume:
         saved = common.read_json(os.path.join(config.resume, common.ARGS))
         common.merge_resumed(settings, settings, saved, RUNTIME)
+    # A dead process of a distributed job leaves the others waiting forever; started
+    # before horovod/the kvstore, whose start can hang as well.
+    watchdog = common.stall_watchdog(
+        config.horovod or "dist" in config.kvstore, config.stall_timeout,
+        "horovod" if config.horovod else "the %s kvstore" % config.kvstore, config.out)
+    watchdog.beat("starting the distributed job")
     hvd = _setup_horovod() if config.horovod else None
     rank0 = hvd is None or hvd.rank() == 0
     if hvd is not None:
@@ -436,7 +447,7 @@ def train(config):
     executor = Parallel(threads, step)
     try:
         show_progress = rank0 and not config.quiet
-        with common.console_through_tqdm(log):
+        with common.console_through_tqdm(log), watchdog:
             for epoch in range(first_epoch, config.epochs + 1):
                 # shuffle and flips depend only on (seed, epoch), so a resumed run continues
                 # the same sequence (the 0-based epoch index keeps the published runs' seeds)
@@ -444,8 +455,13 @@ def train(config):
                 if config.hybridize:
                     net.hybridize(static_alloc=True)  # re-trace in training mode
                 tic = time.time()
+
+                def beat(it, epoch=epoch):
+                    watchdog.beat("epoch %d, iteration %d/%d" % (epoch, it + 1, iters))
+
                 metrics = _train_epoch(epoch, loader, iters, config.batch_size * len(ctx),
-                                       step, executor, trainer, ctx, show_progress)
+                                       step, executor, trainer, ctx, show_progress, beat)
+                watchdog.beat("epoch %d: evaluation and checkpoint" % epoch)
                 elapsed = time.time() - tic
                 entry = {"epoch": epoch, "lr": trainer.learning_rate,
                          "time_s": round(elapsed, 2),

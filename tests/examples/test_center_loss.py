@@ -6,6 +6,7 @@ import math
 import os
 import subprocess
 import sys
+import time
 
 import numpy as np
 import mxnet as mx
@@ -14,7 +15,7 @@ import pytest
 from examples.center_loss import cli
 from examples.center_loss import data as center_data
 from examples.center_loss.train import run
-from loopback_cluster import run_dist_sync, skip_unless_dist
+from loopback_cluster import run_cluster, run_dist_sync, skip_unless_dist
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 # A small network and a few batches keep each run to a few seconds.
@@ -223,3 +224,36 @@ def test_dist_sync_two_workers_agree_and_equal_one_process(tmp_path):
         np.testing.assert_allclose(rank0[key], single[key], rtol=1e-4, atol=1e-5, err_msg=key)
     for name in OUTPUTS:
         assert (tmp_path / "dist" / name).is_file(), name
+
+
+@skip_unless_dist
+def test_dist_sync_killed_worker_ends_the_run_and_resume_equals_an_uninterrupted_run(tmp_path):
+    """A worker killed after the first checkpoint: the other one exits with status 75
+    within --stall-timeout, and relaunching both with --resume ends bitwise equal to a
+    run that was never interrupted."""
+    from gluon_losses.distributed import STALL_EXIT_CODE
+    flags = ["--kvstore", "dist_sync", "--epochs", "3", "--max-iters", "3",
+             "--stall-timeout", "20"] + TINY_FLAGS
+    whole, broken = tmp_path / "whole", tmp_path / "broken"
+    run_dist_sync(["-m", "examples.center_loss", "--out", str(whole)] + flags, cwd=ROOT)
+
+    def kill_a_worker_after_the_first_checkpoint(procs):
+        record = broken / "checkpoints" / "checkpoint.json"
+        deadline = time.monotonic() + 120
+        while not record.exists() and time.monotonic() < deadline:
+            time.sleep(0.02)
+        procs[3].kill()
+
+    results = run_cluster(["-m", "examples.center_loss", "--out", str(broken)] + flags,
+                          cwd=ROOT, meanwhile=kill_a_worker_after_the_first_checkpoint)
+    (survivor_code, output), (killed_code, _) = results
+    assert killed_code == -9
+    assert survivor_code == STALL_EXIT_CODE, output[-3000:]
+    assert "in the dist_sync kvstore, at epoch" in output
+    assert "relaunch every process with --resume %s" % broken in output
+    run_dist_sync(["-m", "examples.center_loss", "--resume", str(broken)] + flags, cwd=ROOT)
+    for folder in ("", "worker-1"):
+        expected, resumed = params_of(whole / folder), params_of(broken / folder)
+        assert sorted(expected) == sorted(resumed)
+        for key in expected:
+            np.testing.assert_array_equal(resumed[key], expected[key], err_msg=key)

@@ -160,3 +160,21 @@ def test_logger_console_through_tqdm_and_quiet(tmp_path, capfd, quiet):
         # printed through tqdm.write, with the file handler's time stamp format
         line = [line for line in err.splitlines() if "halfway 1" in line][0]
         assert re.match(r"\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d+ halfway 1$", line), line
+
+
+def test_stall_watchdog_watches_only_distributed_runs_with_a_timeout():
+    for distributed, timeout in ((False, 600.0), (True, 0)):
+        watchdog = common.stall_watchdog(distributed, timeout, "the device kvstore", "runs/x")
+        assert watchdog.timeout is None and watchdog._thread is None
+        watchdog.stop()
+    watchdog = common.stall_watchdog(True, 600.0, "the dist_sync kvstore", "runs/x")
+    try:
+        assert watchdog.timeout == 600.0 and watchdog._thread.is_alive()
+        watchdog.beat("epoch 2, batch 3/10")
+        message = watchdog.message(601)
+        assert "in the dist_sync kvstore, at epoch 2, batch 3/10" in message
+        assert "relaunch every process with --resume runs/x" in message
+    finally:
+        watchdog.watch_exit = False
+        watchdog.stop()
+    assert watchdog._thread is None
