@@ -27,5 +27,8 @@ bench: $(STAMP)
 detect: $(STAMP)
 	$(BIN)/python -m examples.faster_rcnn --out runs/detect
 
+segment: $(STAMP)
+	$(BIN)/python -m examples.segmentation --out runs/segment
+
 clean:
 	rm -rf $(VENV) runs build *.egg-info
