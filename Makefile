@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test bench detect clean
+.PHONY: demo test bench detect segment clean
 
 $(STAMP): setup.cfg pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -21,6 +21,7 @@ test: $(STAMP)
 bench: $(STAMP)
 	$(BIN)/python -m bench.bench_softmax_ce
 	$(BIN)/python -m bench.bench_center
+	$(BIN)/python -m bench.bench_symbol
 	$(BIN)/python -m bench.bench_faster_rcnn_step --hybridize
 	$(BIN)/python -m bench.bench_faster_rcnn_step
 
@@ -31,4 +32,4 @@ segment: $(STAMP)
 	$(BIN)/python -m examples.segmentation --out runs/segment
 
 clean:
-	rm -rf $(VENV) runs build *.egg-info
+	rm -rf $(VENV) .venv-bench runs build *.egg-info
