@@ -8,7 +8,7 @@ checkpoint in ``OUT_DIR``. At the end each worker writes its parameters to
 ``OUT_DIR/final_rank<r>.npz``. ``--linger`` waits a second after each checkpoint and
 after the loop, time for a test to kill the server at those points.
 
-    python tests/dist_stall_worker.py OUT_DIR KILL_RANK KILL_STEP STALL_TIMEOUT [--resume] [--linger]
+    python -m tests.dist_stall_worker OUT_DIR KILL_RANK KILL_STEP STALL_TIMEOUT [--resume] [--linger]
 """
 import os
 import signal
@@ -19,11 +19,10 @@ import numpy as np
 import mxnet as mx
 from mxnet import autograd, gluon, nd
 
-sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
-from gluon_losses import CenterLoss  # noqa: E402
-from gluon_losses.distributed import StallWatchdog  # noqa: E402
-from examples.common import load_checkpoint, save_checkpoint  # noqa: E402
-from dist_center_worker import network_trainer  # noqa: E402
+from gluon_losses import CenterLoss
+from gluon_losses.distributed import StallWatchdog
+from examples.common import load_checkpoint, save_checkpoint
+from tests.dist_center_worker import network_trainer
 
 NUM_CLASSES, FEATURE_DIM, BATCH, STEPS, CHECKPOINT_EVERY, SEED = 5, 3, 16, 8, 2, 11
 

@@ -13,7 +13,7 @@ from loopback_cluster import run_cluster, skip_unless_dist
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
-WORKER = os.path.join(HERE, "dist_stall_worker.py")
+WORKER = ["-m", "tests.dist_stall_worker"]
 
 
 def run_python(code, timeout=60):
@@ -103,7 +103,7 @@ def _by_rank(results):
 @pytest.fixture(scope="module")
 def uninterrupted(tmp_path_factory):
     out = str(tmp_path_factory.mktemp("uninterrupted"))
-    results = run_cluster([WORKER, out, "-1", "-1", STALL_TIMEOUT], ROOT, env=ENV)
+    results = run_cluster(WORKER + [out, "-1", "-1", STALL_TIMEOUT], ROOT, env=ENV)
     assert [r for r, _ in results] == [0, 0], results
     return out
 
@@ -113,7 +113,7 @@ def test_killed_worker_stalls_the_other_which_exits_and_a_resume_ends_bitwise_eq
         tmp_path, uninterrupted):
     # Rank 0, which writes the checkpoints, dies at step 5; step 4's is the last one.
     started = time.monotonic()
-    results = _by_rank(run_cluster([WORKER, str(tmp_path), "0", "5", STALL_TIMEOUT], ROOT,
+    results = _by_rank(run_cluster(WORKER + [str(tmp_path), "0", "5", STALL_TIMEOUT], ROOT,
                                    env=ENV))
     assert time.monotonic() - started < 90
     assert results[0][0] == -9, results[0]
@@ -122,7 +122,7 @@ def test_killed_worker_stalls_the_other_which_exits_and_a_resume_ends_bitwise_eq
     assert "no progress for 3 s (timeout 3 s) in the dist_sync kvstore, at step 5" in output
     assert "To resume: relaunch every process with --resume" in output
     assert not os.path.exists(os.path.join(str(tmp_path), "final_rank1.npz"))
-    results = run_cluster([WORKER, str(tmp_path), "-1", "-1", STALL_TIMEOUT, "--resume"],
+    results = run_cluster(WORKER + [str(tmp_path), "-1", "-1", STALL_TIMEOUT, "--resume"],
                           ROOT, env=ENV)
     assert [r for r, _ in results] == [0, 0], results
     for rank in (0, 1):
@@ -150,7 +150,7 @@ def test_killed_server_stalls_every_worker_which_all_exit(tmp_path, when, marker
             time.sleep(0.02)
         procs[1].kill()
 
-    results = run_cluster([WORKER, str(tmp_path), "-1", "-1", STALL_TIMEOUT, "--linger"],
+    results = run_cluster(WORKER + [str(tmp_path), "-1", "-1", STALL_TIMEOUT, "--linger"],
                           ROOT, env=ENV, timeout=60, meanwhile=kill_server_at_the_marker)
     for returncode, output in results:
         assert returncode == STALL_EXIT_CODE, output[-3000:]
