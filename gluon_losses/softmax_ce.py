@@ -591,19 +591,24 @@ class WeightedSoftmaxCELoss(SerializedFirstCall, Loss):
                          "label's shape %s" % (shape, position_shape))
 
     def hybrid_forward(self, F, pred, label, sample_weight=None, class_weight=None):
+        return self._scaled_loss(F, pred, label, sample_weight, class_weight, self._weight)
+
+    def _scaled_loss(self, F, pred, label, sample_weight, class_weight, scale):
+        """This loss's settings applied to ``pred``, times ``scale``: the fused operator
+        when :meth:`_choose_path` picked it, else the MXNet-operator graph."""
         if self._use_fused:
             return fused.softmax_ce(
                 F, pred, detached_label(F, label), class_weight, sample_weight, axis=self._axis,
                 ignore_label=self._ignore_label, normalization=self._normalization,
                 label_smoothing=self._label_smoothing, batch_axis=self._batch_axis,
-                scale=self._weight)
+                scale=scale)
         loss = weighted_softmax_ce(
             F, pred, label, class_weight=class_weight, sample_weight=sample_weight,
             axis=self._axis, sparse_label=self._sparse_label, from_logits=self._from_logits,
             ignore_label=self._ignore_label, normalization=self._normalization,
             label_smoothing=self._label_smoothing, gamma=self._gamma,
             batch_axis=self._batch_axis, ndim=self._built_ndim)
-        return apply_scalar_weight(loss, self._weight)
+        return apply_scalar_weight(loss, scale)
 
     def __repr__(self):
         return ("{name}(num_classes={nc}, axis={axis}, ignore_label={ig}, normalization={norm!r}, "
