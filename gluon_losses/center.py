@@ -31,8 +31,8 @@ from mxnet.gluon.loss import Loss
 from .center_trainer import CenterTrainer
 # Re-exported: the update kernels lived here before they got a module of their own.
 from .center_update import apply_center_update, apply_dense_center_update, eq4_rows
-from .checks import (as_ndarray, check_float, check_ignore_label, check_int, check_labels,
-                     check_not_empty, check_shape)
+from .checks import (as_ndarray, check_center_loss_args, check_labels, check_not_empty,
+                     check_shape)
 from .first_call import SerializedFirstCall
 from .graph_ops import detached_label, poison_invalid
 
@@ -104,8 +104,6 @@ def center_loss(F, features, label, centers, center_counts, num_classes, feature
     return poison_invalid(F, value, invalid)
 
 
-# Labels travel in the features' dtype; float32 holds integers exactly up to 2**24.
-_MAX_CLASSES = 2 ** 24
 
 
 class CenterLoss(SerializedFirstCall, Loss):
@@ -192,14 +190,9 @@ class CenterLoss(SerializedFirstCall, Loss):
 
     def __init__(self, num_classes, feature_dim, alpha=0.5, weight=1.0, ignore_label=None,
                  batch_axis=0, dense=None, **kwargs):
-        self._num_classes = check_int("num_classes", num_classes, 1)
-        if self._num_classes > _MAX_CLASSES:
-            raise ValueError("num_classes must be <= %d (labels travel as float32 ids), got %d"
-                             % (_MAX_CLASSES, self._num_classes))
-        self._feature_dim = check_int("feature_dim", feature_dim, 1)
-        self._alpha = check_float("alpha", alpha, 0.0, 1.0, low_open=True)
-        weight = 1.0 if weight is None else check_float("weight", weight, 0.0)
-        self._ignore_label = check_ignore_label(ignore_label)
+        (self._num_classes, self._feature_dim, self._alpha, weight,
+         self._ignore_label) = check_center_loss_args(
+             num_classes, feature_dim, alpha, 1.0 if weight is None else weight, ignore_label)
         if isinstance(batch_axis, bool) or batch_axis not in (0, 1):
             raise ValueError("batch_axis must be 0 or 1, got %r" % (batch_axis,))
         if dense is None:

@@ -18,6 +18,8 @@ import mxnet as mx
 # smallest normal float32 is refused ("Out of range value for scalar") or flushed, and
 # one above the largest becomes inf. Arguments outside this range are refused here.
 _FLOAT32 = np.finfo(np.float32)
+# The largest integer up to which every integer is exact in float32, the labels' dtype.
+MAX_EXACT_LABEL = 2 ** 24
 
 
 def check_bool(name, value):
@@ -66,14 +68,22 @@ def check_ignore_label(value):
     if (isinstance(value, bool) or not isinstance(value, numbers.Real)
             or not math.isfinite(value) or value != int(value)):
         raise ValueError("ignore_label must be an integer or None, got %r" % (value,))
-    if abs(value) > _MAX_EXACT_LABEL:
+    if abs(value) > MAX_EXACT_LABEL:
         raise ValueError("ignore_label must lie in [-%d, %d] (labels travel as float32), got %r"
-                         % (_MAX_EXACT_LABEL, _MAX_EXACT_LABEL, value))
+                         % (MAX_EXACT_LABEL, MAX_EXACT_LABEL, value))
     return int(value)
 
 
-# The largest integer up to which every integer is exact in float32, the labels' dtype.
-_MAX_EXACT_LABEL = 2 ** 24
+def check_center_loss_args(num_classes, feature_dim, alpha, weight, ignore_label):
+    """The arguments that ``CenterLoss`` and ``symbol.center_loss`` share, checked and
+    converted: ``(num_classes, feature_dim, alpha, weight, ignore_label)``."""
+    num_classes = check_int("num_classes", num_classes, 1)
+    if num_classes > MAX_EXACT_LABEL:
+        raise ValueError("num_classes must be <= %d (labels travel as float32 ids), got %d"
+                         % (MAX_EXACT_LABEL, num_classes))
+    return (num_classes, check_int("feature_dim", feature_dim, 1),
+            check_float("alpha", alpha, 0.0, 1.0, low_open=True),
+            check_float("weight", weight, 0.0), check_ignore_label(ignore_label))
 
 
 def as_weight_vector(name, value, length=None):

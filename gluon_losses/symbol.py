@@ -19,7 +19,8 @@ import mxnet as mx
 from .center import center_loss as _center_loss_graph
 from .center_optimizer import (CENTER_STATE_SUFFIX, apply_center_state_update,
                                center_state_name, with_center_update)
-from .checks import as_weight_vector, check_choice, check_float, check_ignore_label, check_int
+from .checks import (as_weight_vector, check_center_loss_args, check_choice, check_float,
+                     check_ignore_label)
 from .graph_ops import detached_label
 from .softmax_ce import weighted_softmax_ce
 
@@ -317,11 +318,8 @@ def center_loss(data, label, num_classes, feature_dim, alpha=0.5, weight=1.0, ig
     Symbol
         ``(B,)`` per-sample losses (a ``MakeLoss`` output).
     """
-    num_classes = check_int("num_classes", num_classes, 1)
-    feature_dim = check_int("feature_dim", feature_dim, 1)
-    alpha = check_float("alpha", alpha, 0.0, 1.0, low_open=True)
-    weight = check_float("weight", weight, 0.0)
-    ignore_label = check_ignore_label(ignore_label)
+    num_classes, feature_dim, alpha, weight, ignore_label = check_center_loss_args(
+        num_classes, feature_dim, alpha, weight, ignore_label)
     state = mx.sym.var(center_state_name(name), shape=(num_classes, feature_dim, 2),
                        init=mx.init.Zero(), lr_mult=0.0, wd_mult=0.0)
     centers = mx.sym.reshape(mx.sym.slice_axis(state, axis=2, begin=0, end=1),

@@ -384,6 +384,8 @@ def test_state_names_end_with_the_suffix_the_optimizer_looks_for():
     (lambda: with_center_update(mx.optimizer.SGD(), learning_rate=1), "optimizer_params"),
     (lambda: center_loss(mx.sym.var("x"), mx.sym.var("y"), 3, 2, alpha=0), "alpha"),
     (lambda: center_loss(mx.sym.var("x"), mx.sym.var("y"), 0, 2), "num_classes"),
+    # Labels travel as float32, exact only up to 2**24: the same limit as CenterLoss.
+    (lambda: center_loss(mx.sym.var("x"), mx.sym.var("y"), 2 ** 24 + 1, 2), "num_classes.*16777216"),
 ])
 def test_center_bad_arguments_raise_naming_them(call, message):
     with pytest.raises(ValueError, match=message):
