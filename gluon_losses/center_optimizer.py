@@ -9,12 +9,12 @@ nothing else in that situation. Keep it that way: anything more here breaks
 server without an optimizer sums gradients into the weights).
 """
 import copy
+from collections import OrderedDict
 
-import mxnet.ndarray as nd
 import mxnet.optimizer as optimizer_api
 import mxnet.symbol as sym
 
-from .center_update import eq4_rows
+from .center_update import _cached, _graph_op, eq4_rows
 
 __all__ = ["with_center_update", "apply_center_state_update", "center_state_name",
            "CENTER_STATE_SUFFIX"]
@@ -30,16 +30,15 @@ def center_state_name(name):
 
 
 
-_STATE_UPDATE_OPS = {}
+_STATE_INPUTS = ("pairs", "steps")
+_STATE_UPDATE_OPS = OrderedDict()
 
 
 def _state_update_op(shape, dtype):
-    """(CachedOp, whether it takes the gradient first): Eq. 4 on (M, 2) pairs of
-    (center element, count), alpha-free."""
-    key = (shape, dtype)
-    entry = _STATE_UPDATE_OPS.get(key)
-    if entry is None:
-        pairs, steps = sym.var("pairs"), sym.var("steps")
+    """(CachedOp, input order): Eq. 4 on (M, 2) pairs of (center element, count),
+    alpha-free, one per shape (bounded like center_update's caches)."""
+    def build():
+        pairs, steps = (sym.var(name) for name in _STATE_INPUTS)
 
         def column(array, index):
             return sym.slice_axis(array, axis=1, begin=index, end=index + 1)
@@ -47,10 +46,9 @@ def _state_update_op(shape, dtype):
         # alpha is already in the gradient (see center_loss).
         new_values, new_counts = eq4_rows(sym, column(pairs, 0), column(pairs, 1),
                                           column(steps, 0), column(steps, 1), 1.0)
-        graph = sym.concat(new_values, new_counts, dim=1)
-        op = nd.CachedOp(graph, flags=[("static_alloc", True), ("static_shape", True)])
-        entry = _STATE_UPDATE_OPS[key] = (op, graph.list_inputs() == ["steps", "pairs"])
-    return entry
+        return _graph_op(sym.concat(new_values, new_counts, dim=1), _STATE_INPUTS,
+                         [("static_alloc", True), ("static_shape", True)])
+    return _cached(_STATE_UPDATE_OPS, (shape, dtype), build)
 
 
 def apply_center_state_update(state, grad):
@@ -63,9 +61,9 @@ def apply_center_state_update(state, grad):
     if grad.context != state.context:
         # kvstore 'device' on CPU keeps its copy in pinned memory.
         grad = grad.as_in_context(state.context)
-    pairs, steps = state.reshape((-1, 2)), grad.reshape((-1, 2))
-    op, steps_first = _state_update_op(pairs.shape, pairs.dtype)
-    op(*((steps, pairs) if steps_first else (pairs, steps)), out=[pairs])
+    args = (state.reshape((-1, 2)), grad.reshape((-1, 2)))
+    op, order = _state_update_op(args[0].shape, args[0].dtype)
+    op(*[args[i] for i in order], out=[args[0]])
 
 
 class _CenterUpdateMixin:
