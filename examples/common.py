@@ -24,10 +24,12 @@ import uuid
 import numpy as np
 import mxnet as mx
 
+from gluon_losses import class_weights
+
 CHECKPOINTS = "checkpoints"          # OUT/checkpoints/
 RESULTS = "results.json"             # OUT/results.json
 ARGS = "args.json"                   # OUT/args.json: the configuration of the run
-WEIGHTINGS = ("none", "inverse", "median", "effective")
+WEIGHTINGS = class_weights.METHODS     # --class-weighting choices
 
 COMMON_DEFAULTS = dict(
     out=None, resume=None, epochs=10, batch_size=32, optimizer="sgd", lr=0.01, momentum=0.9,
@@ -199,18 +201,7 @@ def lr_scheduler(lr, decay, decay_epochs, iters_per_epoch, warmup_iters=0):
 
 def class_weight_vector(kind, counts, beta=0.999):
     """Per-class weights (float32) by ``--class-weighting`` ``kind``, or None for ``none``."""
-    from gluon_losses import class_weights as cw
-    if kind == "none":
-        return None
-    if kind == "inverse":
-        weights = cw.inverse_frequency(counts)
-    elif kind == "median":
-        weights = cw.median_frequency(counts)
-    elif kind == "effective":
-        weights = cw.effective_number(counts, beta=beta)
-    else:
-        raise ValueError("class weighting must be one of %s, got %r" % (WEIGHTINGS, kind))
-    return np.asarray(weights, dtype=np.float32)
+    return None if kind == "none" else class_weights.from_counts(kind, counts, beta=beta)
 
 
 def stall_watchdog(distributed, timeout, what, out):

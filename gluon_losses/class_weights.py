@@ -21,7 +21,7 @@ import mxnet as mx
 from .checks import check_choice, check_float, check_ignore_label, check_int, check_labels
 
 __all__ = ["ClassCounter", "class_counts", "inverse_frequency", "median_frequency",
-           "effective_number", "for_detection", "for_segmentation"]
+           "effective_number", "from_counts", "for_detection", "for_segmentation"]
 
 
 class ClassCounter:
@@ -171,13 +171,19 @@ def effective_number(counts=None, beta=0.999, labels=None, num_classes=None, ign
     return (weights * counts.size / weights.sum()).astype(np.float32)
 
 
+METHODS = ("none", "inverse", "median", "effective")
 DETECTION_METHODS = ("effective", "inverse", "median", "none")
 SEGMENTATION_METHODS = ("median", "inverse", "effective", "none")
 
 
-def _weights_from_counts(method, counts, beta, image_pixels=None):
+def from_counts(method, counts, beta=0.999, image_pixels=None):
+    """The estimator named ``method`` applied to ``counts``: ``'inverse'``
+    (:func:`inverse_frequency`), ``'median'`` (:func:`median_frequency`, with
+    ``image_pixels`` when given), ``'effective'`` (:func:`effective_number` with
+    ``beta``) or ``'none'`` (all ones). A float32 vector of length C."""
+    method = check_choice("method", method, METHODS)
     if method == "none":
-        return np.ones(counts.size, dtype=np.float32)
+        return np.ones(np.size(counts), dtype=np.float32)
     if method == "inverse":
         return inverse_frequency(counts)
     if method == "median":
@@ -248,7 +254,7 @@ def for_detection(dataset, method="effective", beta=0.99, background_weight=1.0,
                 counter.update(image_ids)
             except ValueError as error:
                 raise ValueError("image %d of the dataset: %s" % (image, error)) from None
-    foreground = _weights_from_counts(method, counter.counts.astype(np.float64), beta)
+    foreground = from_counts(method, counter.counts.astype(np.float64), beta)
     return np.concatenate([[background_weight], foreground]).astype(np.float32)
 
 
@@ -305,5 +311,5 @@ def for_segmentation(dataset, method="median", beta=0.9999, num_class=None):
             counter.update(labels[~void].reshape(1, -1), per_image=True)
         except ValueError as error:
             raise ValueError("%s: %s" % (name, error)) from None
-    return _weights_from_counts(method, counter.counts.astype(np.float64), beta,
+    return from_counts(method, counter.counts.astype(np.float64), beta,
                                 image_pixels=counter.image_pixels)

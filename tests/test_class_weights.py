@@ -328,3 +328,14 @@ def test_for_segmentation_follows_the_dataset_own_mask_convention(tmp_path, monk
     counts, image_pixels = _counted_pixels(files, 150)
     np.testing.assert_allclose(cw.for_segmentation(dataset),
                                cw.median_frequency(counts, image_pixels=image_pixels), rtol=1e-6)
+
+
+def test_from_counts_dispatches_by_name():
+    counts = np.array([100.0, 10.0, 1.0])
+    np.testing.assert_array_equal(cw.from_counts("none", counts), np.ones(3, np.float32))
+    np.testing.assert_array_equal(cw.from_counts("inverse", counts), cw.inverse_frequency(counts))
+    np.testing.assert_array_equal(cw.from_counts("median", counts), cw.median_frequency(counts))
+    np.testing.assert_array_equal(cw.from_counts("effective", counts, beta=0.9),
+                                  cw.effective_number(counts, beta=0.9))
+    with pytest.raises(ValueError, match="method.*'auto'"):
+        cw.from_counts("auto", counts)

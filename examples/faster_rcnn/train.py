@@ -23,6 +23,8 @@ import numpy as np
 import mxnet as mx
 from mxnet import autograd, gluon
 
+from gluon_losses import class_weights
+
 from examples import common
 from examples.faster_rcnn import data, model
 from examples.faster_rcnn.evaluate import evaluate
@@ -164,9 +166,7 @@ def rcnn_class_weight(counts, weighting, beta, background_weight=1.0,
     training instances is 1, so the weight of foreground against background stays as
     unweighted and only the split among foreground classes moves.
     """
-    fg = common.class_weight_vector(weighting, counts, beta)
-    if fg is None:
-        fg = np.ones(len(counts), dtype=np.float32)
+    fg = class_weights.from_counts(weighting, counts, beta=beta)
     if weight_scale == "counted-mean":
         counts = np.asarray(counts, dtype=np.float64)
         fg = fg * counts.sum() / max(float(np.dot(counts, fg)), 1e-12)
