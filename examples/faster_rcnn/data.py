@@ -233,29 +233,25 @@ def lst_datasets(train_file, test_file=None, root=None, classes=None):
     if classes:
         classes = list(classes)
     else:
-        top = max(int(l[:, 4].max()) for l in dataset_labels(train) if len(l))
+        top = max(int(ids.max()) for ids in class_ids(train) if ids.size)
         classes = ["class%d" % i for i in range(top + 1)]
     return train, test, classes
 
 
-def dataset_labels(dataset):
-    """Every label array of a detection dataset, without decoding images where possible."""
+def class_ids(dataset):
+    """Per image, the class ids of its boxes, without decoding images: the shapes set
+    keeps its labels, GluonCV's datasets are read by ``gluon_losses.dataset_labels``."""
     if hasattr(dataset, "label_list"):
-        return dataset.label_list()
-    if getattr(dataset, "_label_cache", None):  # VOCDetection(preload_label=True)
-        return [np.asarray(l) for l in dataset._label_cache]
-    if hasattr(dataset, "_labels") and hasattr(dataset, "_coord_normalized"):  # LstDetection
-        from gluoncv.data.lst.detection import _transform_label
-        return [_transform_label(l) for l in dataset._labels]
-    return [np.asarray(dataset[i][1]) for i in range(len(dataset))]
+        return [np.asarray(l)[:, 4] for l in dataset.label_list() if len(l)]
+    from gluon_losses.dataset_labels import detection_class_ids
+    return detection_class_ids(dataset)
 
 
 def foreground_counts(dataset, num_fg):
-    """Instances of each foreground class in the training labels."""
+    """Instances of each foreground class in the training labels (-1: padding)."""
     from gluon_losses.class_weights import class_counts
-    ids = [np.asarray(l)[:, 4] for l in dataset_labels(dataset) if len(l)]
-    ids = [i[i >= 0] for i in ids]  # padding / unknown
-    return class_counts(ids, num_classes=num_fg, ignore_label=-1)
+    return class_counts([i for i in class_ids(dataset) if i.size], num_classes=num_fg,
+                        ignore_label=-1)
 
 
 def train_loader(dataset, net, batch_size, num_shards=1, shuffle=True, num_workers=0):
