@@ -123,8 +123,9 @@ def run_sweep(out, methods, seeds, data_dir=None, num_train=640, num_test=160, i
             name = run_name(method, seed)
             run_dir = os.path.join(out, "runs", name)
             done = os.path.join(run_dir, "results.json")
-            if resume and os.path.exists(done) and common.read_json(done)["epochs"] == epochs:
-                runs[name] = common.read_json(done)
+            finished = common.read_json(done) if resume and os.path.exists(done) else None
+            if finished is not None and finished["epochs"] == epochs:
+                runs[name] = finished
                 log.info("%s: finished earlier, kept", name)
                 continue
             common.set_seed(seed)

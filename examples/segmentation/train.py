@@ -126,6 +126,7 @@ def train_run(out, train_data, test_data, num_class, class_weight, seed=0, epoch
         history, start = record["history"], record["epoch"] + 1
         log.info("%s: resumed after epoch %d", out, record["epoch"])
 
+    matrix = None  # the test confusion matrix after the last epoch trained here
     with common.console_through_tqdm(log):
         for epoch in range(start, epochs + 1):
             mx.random.seed(_epoch_seed(seed, epoch))
@@ -133,8 +134,8 @@ def train_run(out, train_data, test_data, num_class, class_weight, seed=0, epoch
             loss = train_epoch(net, criterion, trainer, x_train, y_train,
                                batch_order(len(x_train), batch_size, seed, epoch)[:iters], ctx,
                                "%s epoch %d/%d" % (os.path.basename(out), epoch, epochs), quiet)
-            scores = evaluate.scores(
-                evaluate.confusion_matrix_of(net, x_test, y_test, num_class, ctx[0]))
+            matrix = evaluate.confusion_matrix_of(net, x_test, y_test, num_class, ctx[0])
+            scores = evaluate.scores(matrix)
             history.append({"epoch": epoch, "train_loss": loss, "lr": trainer.learning_rate,
                             "seconds": time.time() - tic, "miou": scores["miou"],
                             "iou": scores["iou"], "pixel_accuracy": scores["pixel_accuracy"]})
@@ -144,7 +145,8 @@ def train_run(out, train_data, test_data, num_class, class_weight, seed=0, epoch
             common.save_checkpoint(ckpt_dir, epoch, {"net": net}, {"trainer": trainer},
                                    meta={"history": history})
 
-    matrix = evaluate.confusion_matrix_of(net, x_test, y_test, num_class, ctx[0])
+    if matrix is None:  # resumed after the last epoch
+        matrix = evaluate.confusion_matrix_of(net, x_test, y_test, num_class, ctx[0])
     final = evaluate.scores(matrix)
     final["confusion"] = matrix.tolist()
     results = {"history": history, "final": final, "epochs": epochs, "seed": seed,
