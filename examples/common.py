@@ -204,6 +204,14 @@ def class_weight_vector(kind, counts, beta=0.999):
     return None if kind == "none" else class_weights.from_counts(kind, counts, beta=beta)
 
 
+def pyplot():
+    """``matplotlib.pyplot`` on the file-only Agg backend (runs have no display)."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    return plt
+
+
 def stall_watchdog(distributed, timeout, what, out):
     """The started :class:`gluon_losses.distributed.StallWatchdog` of a run's
     ``--stall-timeout``: it ends a ``distributed`` run whose training makes no progress

@@ -4,6 +4,8 @@ import os
 import numpy as np
 import mxnet as mx
 
+from examples import common
+
 MODELS = ("softmax", "center")           # softmax alone; softmax + center loss
 LABELS = {"softmax": "softmax only", "center": "softmax + center loss"}
 COLORS = {"softmax": "tab:blue", "center": "tab:red"}
@@ -48,9 +50,7 @@ def per_class_accuracy(pred, labels, num_classes):
 
 
 def plot_features(path, features, labels, centers, title, class_names):
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = common.pyplot()
     colors = plt.get_cmap("tab10").colors
     fig, ax = plt.subplots(figsize=(5.2, 5.0), dpi=110)
     order = np.random.RandomState(0).permutation(len(labels))    # no class drawn on top
@@ -79,9 +79,7 @@ def plot_features(path, features, labels, centers, title, class_names):
 
 
 def plot_curves(path, history, lam):
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = common.pyplot()
     epochs = [h["epoch"] for h in history]
     fig, (left, right) = plt.subplots(1, 2, figsize=(9.5, 3.6), dpi=110)
     left.plot(epochs, [h["softmax"]["ce"] for h in history], "-o", ms=3, color=COLORS["softmax"],

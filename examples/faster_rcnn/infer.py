@@ -13,6 +13,8 @@ import warnings
 import numpy as np
 import mxnet as mx
 
+from examples import common
+
 
 def load_detector(prefix, ctx=mx.cpu()):
     """``(SymbolBlock, meta)`` from an export prefix."""
@@ -56,9 +58,7 @@ def detect(net, meta, image, threshold=0.5, ctx=mx.cpu()):
 def draw(image, detections, classes, path):
     """Save ``image`` with ``detections`` (from :func:`detect`) drawn on it, one colour
     per class of ``classes``, with GluonCV's ``plot_bbox`` (no display needed)."""
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = common.pyplot()
     from gluoncv.utils.viz import plot_bbox
     img = image.asnumpy() if isinstance(image, mx.nd.NDArray) else np.asarray(image)
     h, w = img.shape[:2]

@@ -9,12 +9,12 @@ import os
 
 import numpy as np
 
-from examples.common import read_json
+from examples import common
 
 
 def load_runs(run_dirs):
     """``[(run_dir, results.json contents)]``."""
-    return [(run, read_json(os.path.join(run, "results.json"))) for run in run_dirs]
+    return [(run, common.read_json(os.path.join(run, "results.json"))) for run in run_dirs]
 
 
 def loss_label(config):
@@ -54,9 +54,7 @@ def table(runs):
 def plot(runs, path):
     """Test mAP and the AP of the last (rarest) class against epoch, one colour per
     configuration and one line style per seed."""
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = common.pyplot()
     classes = runs[0][1]["classes"]
     labels = [loss_label(res["config"]) for _, res in runs]
     configs = list(dict.fromkeys(labels))

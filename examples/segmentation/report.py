@@ -3,6 +3,8 @@ import os
 
 import numpy as np
 
+from examples import common
+
 COLORS = {"none": "tab:gray", "inverse": "tab:purple", "median": "tab:blue",
           "effective": "tab:orange"}
 
@@ -57,16 +59,9 @@ def write_table(path, summary, class_names):
         handle.write(format_table(summary, class_names) + "\n")
 
 
-def _pyplot():
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    return plt
-
-
 def plot_curves(path, runs, methods, seeds, rare_class=-1):
     """Training loss, test mIoU and rare-class IoU per epoch: mean line, min-max band."""
-    plt = _pyplot()
+    plt = common.pyplot()
     panels = (("train_loss", "training loss, main + aux\n(each weighting its own loss)"),
               ("miou", "test mIoU"),
               ("rare", "test IoU of the rare class"))
@@ -100,7 +95,7 @@ def colorize(mask):
 
 def plot_masks(path, out, test_data, methods, seed, indices, class_names):
     """Rows: test images; columns: image, ground truth, each weighting's prediction."""
-    plt = _pyplot()
+    plt = common.pyplot()
     images, labels = test_data
     predictions = {}
     for method in methods:
