@@ -139,6 +139,7 @@ class UntransposedGraph(WeightedSoftmaxCELoss):
             ndim=None if strided else self._built_ndim)
 
 
+@functools.lru_cache(maxsize=None)
 def load_torch():
     """PyTorch, or None when it is not importable (it is an optional contender).
 
@@ -192,7 +193,7 @@ def make_inputs(shape, axis, seed=0):
     return mx.nd.array(pred), mx.nd.array(label), class_weight
 
 
-def contenders(shape, axis, class_weight, numpy_customop=True):
+def contenders(shape, axis, class_weight):
     ours = dict(class_weight=class_weight, axis=axis, ignore_label=IGNORE, normalization="valid")
     blocks = {
         BASELINE: gluon.loss.SoftmaxCrossEntropyLoss(axis=axis),
@@ -202,8 +203,7 @@ def contenders(shape, axis, class_weight, numpy_customop=True):
     }
     if axis % len(shape) != len(shape) - 1:
         blocks[UNTRANSPOSED] = UntransposedGraph(**ours)
-    if numpy_customop:
-        blocks["NumPy CustomOp"] = NumpyCustomOpLoss(class_weight, axis)
+    blocks["NumPy CustomOp"] = NumpyCustomOpLoss(class_weight, axis)
     if not fused.available():
         del blocks[FUSED]
     for block in blocks.values():
@@ -264,8 +264,7 @@ def measure_peak_extra_mib(name, shape, axis):
 def peak_memory_table(case):
     """{contender: peak extra MiB} for ``case``, each measured in a fresh process."""
     case_name, shape, axis = case
-    names = list(contenders((2, 3), -1, np.ones(3)))
-    names += [UNTRANSPOSED] if axis % len(shape) != len(shape) - 1 else []
+    names = list(contenders(shape, axis, np.ones(shape[axis])))
     names += [TORCH] if load_torch() is not None else []
     table = {}
     for name in names:
