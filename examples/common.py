@@ -199,6 +199,30 @@ def lr_scheduler(lr, decay, decay_epochs, iters_per_epoch, warmup_iters=0):
         base_lr=lr, warmup_steps=warmup_iters, warmup_begin_lr=0.0)
 
 
+def optimizer_params(optimizer, lr, wd, momentum, lr_decay, lr_decay_epochs, iters_per_epoch,
+                     warmup_iters=0, clip_gradient=0.0):
+    """The ``optimizer_params`` of a ``gluon.Trainer`` for the shared optimisation flags:
+    ``--momentum`` goes to the optimizers that take one (sgd, nag), the schedule is
+    :func:`lr_scheduler`'s, and ``clip_gradient`` is passed when positive."""
+    params = {"learning_rate": lr, "wd": wd,
+              "lr_scheduler": lr_scheduler(lr, lr_decay, lr_decay_epochs, iters_per_epoch,
+                                           warmup_iters)}
+    if optimizer in ("sgd", "nag"):
+        params["momentum"] = momentum
+    if clip_gradient > 0:
+        params["clip_gradient"] = clip_gradient
+    return params
+
+
+def shuffled_batches(n, batch_size, seed, index, drop_last=False):
+    """Index batches of ``n`` samples in an order that depends only on ``seed`` and the
+    epoch ``index``, so a resumed run sees the batches a straight one would;
+    ``drop_last`` leaves out a last, smaller batch."""
+    order = np.random.RandomState([seed, index]).permutation(n)
+    end = n - batch_size + 1 if drop_last else n
+    return [order[i:i + batch_size] for i in range(0, end, batch_size)]
+
+
 def class_weight_vector(kind, counts, beta=0.999):
     """Per-class weights (float32) by ``--class-weighting`` ``kind``, or None for ``none``."""
     return None if kind == "none" else class_weights.from_counts(kind, counts, beta=beta)

@@ -13,6 +13,8 @@ import os
 
 import numpy as np
 
+from examples import common
+
 NUM_CLASSES = 10
 
 # File names gluon's MNIST / FashionMNIST readers look for, with the official SHA-1s.
@@ -169,7 +171,6 @@ def subsample_imbalanced(labels, ratio, minority, seed=0):
 
 
 def batches(n, batch_size, seed, index):
-    """Shuffled index batches of epoch ``index`` (counted from 0); the order depends only
-    on ``seed`` and ``index``, so a resumed run sees the batches a straight one would."""
-    order = np.random.RandomState([seed, index]).permutation(n)
-    return [order[i:i + batch_size] for i in range(0, n, batch_size)]
+    """Shuffled index batches of epoch ``index`` (counted from 0), the last one smaller
+    when ``batch_size`` does not divide ``n``; see ``common.shuffled_batches``."""
+    return common.shuffled_batches(n, batch_size, seed, index)

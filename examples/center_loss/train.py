@@ -205,13 +205,11 @@ def run(out, dataset="digits", data_dir=None, size=None, channels=None, convs_pe
     # ---- models, losses, trainers
     nets, ce, center_loss = build_models(num_classes, feature_dim, config["channels"],
                                          convs_per_stage, size, weight, alpha, lam, contexts)
-    n_batches = len(center_data.batches(len(y_train), batch_size, seed, 0))
+    n_batches = -(-len(y_train) // batch_size)  # the last batch may be smaller
     if max_iters:
         n_batches = min(n_batches, max_iters)
-    opt_params = {"learning_rate": lr, "wd": wd, "lr_scheduler": common.lr_scheduler(
-        lr, lr_decay, config["lr_decay_epochs"], n_batches)}
-    if optimizer in ("sgd", "nag"):
-        opt_params["momentum"] = momentum
+    opt_params = common.optimizer_params(optimizer, lr, wd, momentum, lr_decay,
+                                         config["lr_decay_epochs"], n_batches)
     watchdog.beat("broadcasting the parameters")
     net_trainer, center_trainer = make_trainers(nets, center_loss, optimizer, opt_params,
                                                 net_kv, center_kv,

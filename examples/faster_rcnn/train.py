@@ -304,14 +304,9 @@ def _epoch_line(entry, classes):
 
 def _make_trainer(net, config, iters_per_epoch, hvd=None):
     """The trainer of ``net``'s training parameters, its optimizer holding the schedule."""
-    opt_params = {"learning_rate": config.lr, "wd": config.wd,
-                  "lr_scheduler": common.lr_scheduler(config.lr, config.lr_decay,
-                                                      config.lr_decay_epochs, iters_per_epoch,
-                                                      config.lr_warmup)}
-    if config.optimizer == "sgd":
-        opt_params["momentum"] = config.momentum
-    if config.clip_gradient > 0:
-        opt_params["clip_gradient"] = config.clip_gradient
+    opt_params = common.optimizer_params(
+        config.optimizer, config.lr, config.wd, config.momentum, config.lr_decay,
+        config.lr_decay_epochs, iters_per_epoch, config.lr_warmup, config.clip_gradient)
     params = net.collect_train_params()
     if hvd is not None:
         hvd.broadcast_parameters(net.collect_params(), root_rank=0)

@@ -37,8 +37,7 @@ def to_network_input(images):
 
 def batch_order(num_images, batch_size, seed, epoch):
     """Shuffled full batches of indices; the order depends on ``seed`` and ``epoch`` only."""
-    order = np.random.RandomState([seed, epoch]).permutation(num_images)
-    return [order[i:i + batch_size] for i in range(0, num_images - batch_size + 1, batch_size)]
+    return common.shuffled_batches(num_images, batch_size, seed, epoch, drop_last=True)
 
 
 def _epoch_seed(seed, epoch):
@@ -105,12 +104,10 @@ def train_run(out, train_data, test_data, num_class, class_weight, seed=0, epoch
 
     net = build_fcn(num_class, widths=widths, size=size)
     initialize(net, ctx, seed)
-    iters = len(batch_order(len(x_train), batch_size, seed, 1))
+    iters = len(x_train) // batch_size  # full batches only
     iters = min(iters, max_iters) if max_iters else iters
-    opt_args = {"learning_rate": lr, "wd": wd,
-                "lr_scheduler": common.lr_scheduler(lr, lr_decay, lr_decay_epochs, iters)}
-    if optimizer in ("sgd", "nag"):
-        opt_args["momentum"] = momentum
+    opt_args = common.optimizer_params(optimizer, lr, wd, momentum, lr_decay, lr_decay_epochs,
+                                       iters)
     trainer = gluon.Trainer(net.collect_params(), optimizer, opt_args, kvstore=kvstore)
     criterion = MixWeightedSoftmaxCELoss(class_weight=class_weight, aux=True,
                                          aux_weight=aux_weight, ignore_label=-1,
