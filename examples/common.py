@@ -105,6 +105,15 @@ def add_common_arguments(parser, **defaults):
 _UNSET = object()
 
 
+def check_resume(settings, runtime=RUNTIME_FLAGS):
+    """For a run started from code with ``resume=DIR`` (the command line's
+    :func:`parse_args` checks its own): refuse experiment settings that differ from
+    ``DIR/args.json``, as :func:`merge_resumed` does."""
+    if settings.get("resume"):
+        saved = read_json(os.path.join(settings["resume"], ARGS))
+        merge_resumed(settings, settings, saved, runtime)
+
+
 def parse_args(parser, argv=None, runtime=RUNTIME_FLAGS):
     """Parse ``argv``; with ``--resume DIR`` apply the resume rule (see :func:`merge_resumed`).
 
@@ -155,9 +164,16 @@ def merge_resumed(defaults, given, saved, runtime=RUNTIME_FLAGS, flags=None):
     return merged
 
 
-def int_list(text):
-    """``"16,21"`` -> ``[16, 21]``; empty -> ``[]``."""
-    return [int(s) for s in str(text).split(",") if s.strip()]
+def comma_list(cast=str):
+    """An argparse ``type`` (any callable on text): ``"a, b"`` -> ``[cast("a"), cast("b")]``,
+    blanks skipped; its name is what argparse shows for a bad value."""
+    def parse(text):
+        return [cast(item.strip()) for item in str(text).split(",") if item.strip()]
+    parse.__name__ = "comma-separated %s list" % cast.__name__
+    return parse
+
+
+int_list = comma_list(int)  # "16,21" -> [16, 21]; empty -> []
 
 
 # --------------------------------------------------------------------------- setup

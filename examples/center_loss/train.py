@@ -71,9 +71,7 @@ def resolve_config(settings):
     if config["class_weighting"] is None:
         config["class_weighting"] = "inverse" if config["imbalance"] > 1 else "none"
     config["channels"], config["minority"] = list(config["channels"]), list(config["minority"])
-    if config["resume"]:
-        saved = common.read_json(os.path.join(config["resume"], common.ARGS))
-        common.merge_resumed(config, config, saved, RUNTIME)
+    common.check_resume(config, RUNTIME)
     return config
 
 

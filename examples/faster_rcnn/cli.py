@@ -16,13 +16,6 @@ _SHARED = ("out", "epochs", "batch_size", "optimizer", "lr", "momentum", "wd", "
            "class_weighting", "beta", "max_iters", "quiet")
 
 
-def _comma_list(kind):
-    def parse(text):
-        return [kind(item.strip()) for item in text.split(",") if item.strip()]
-    parse.__name__ = "comma-separated %s list" % kind.__name__
-    return parse
-
-
 def _add(group, flag, help, **kwargs):
     """``add_argument`` with the :class:`train.Config` default, shown in the help."""
     dest = kwargs.setdefault("dest", flag.lstrip("-").replace("-", "_"))
@@ -49,12 +42,12 @@ def build_parser():
                                 "(default data/shapes)")
     _add(g, "--voc-train", help="comma-separated YEAR/SPLIT list for VOC training")
     _add(g, "--voc-test", help="YEAR/SPLIT for VOC testing")
-    _add(g, "--classes", type=_comma_list(str),
+    _add(g, "--classes", type=common.comma_list(str),
          help="lst: comma-separated class names (default class0..classK)")
     _add(g, "--shapes-train", type=int, help="shapes: training images")
     _add(g, "--shapes-test", type=int, help="shapes: test images")
     _add(g, "--shapes-size", type=int, help="shapes: image side, pixels")
-    _add(g, "--shapes-freq", type=_comma_list(float),
+    _add(g, "--shapes-freq", type=common.comma_list(float),
          help="shapes: relative training frequencies of circle,square,triangle,star")
     _add(g, "--num-workers", type=int, help="DataLoader worker processes")
 

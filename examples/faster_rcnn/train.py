@@ -370,9 +370,7 @@ def train(config):
     from gluoncv.utils.parallel import Parallel
     start = time.time()
     settings = config.as_json()
-    if config.resume:
-        saved = common.read_json(os.path.join(config.resume, common.ARGS))
-        common.merge_resumed(settings, settings, saved, RUNTIME)
+    common.check_resume(settings, RUNTIME)
     # A dead process of a distributed job leaves the others waiting forever; started
     # before horovod/the kvstore, whose start can hang as well.
     watchdog = common.stall_watchdog(

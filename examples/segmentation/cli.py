@@ -32,7 +32,7 @@ RUNTIME_FLAGS = common.RUNTIME_FLAGS + ("data_dir",)
 
 def weighting_list(text):
     """``--class-weighting`` value: one weighting or a comma list of them."""
-    methods = split_list(text)
+    methods = common.comma_list()(text)
     unknown = [m for m in methods if m not in common.WEIGHTINGS]
     if unknown or not methods:
         raise argparse.ArgumentTypeError("expected a comma list of %s, got %r"
@@ -78,10 +78,6 @@ def resolve_args(argv=None):
     if args.out is None:
         args.out = os.path.join("runs", time.strftime("segment-%Y%m%d-%H%M%S"))
     return args
-
-
-def split_list(text, cast=str):
-    return [cast(item.strip()) for item in str(text).split(",") if item.strip()]
 
 
 def run_name(method, seed):
@@ -151,14 +147,14 @@ def main(argv=None):
              " ".join(sys.argv[1:] if argv is None else argv))
     tic = time.time()
     summary = run_sweep(
-        args.out, split_list(args.class_weighting), list(range(args.seed, args.seed + args.seeds)),
+        args.out, common.comma_list()(args.class_weighting), list(range(args.seed, args.seed + args.seeds)),
         data_dir=args.data_dir, num_train=args.num_train, num_test=args.num_test,
         image_size=args.image_size, data_seed=args.data_seed, beta=args.beta,
         resume=bool(args.resume), quiet=args.quiet, log=log,
         epochs=args.epochs, batch_size=args.batch_size, optimizer=args.optimizer, lr=args.lr,
         momentum=args.momentum, wd=args.wd, lr_decay=args.lr_decay,
         lr_decay_epochs=common.int_list(args.lr_decay_epochs), aux_weight=args.aux_weight,
-        normalization=args.normalization, widths=tuple(split_list(args.widths, int)),
+        normalization=args.normalization, widths=tuple(common.int_list(args.widths)),
         ctx=common.parse_contexts(args.ctx, args.gpus), kvstore=args.kvstore,
         hybridize=args.hybridize, max_iters=args.max_iters)
     log.info("summary (test split, final epoch, mean ± std over seeds):\n%s",
