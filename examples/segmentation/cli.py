@@ -80,10 +80,6 @@ def resolve_args(argv=None):
     return args
 
 
-def run_name(method, seed):
-    return "%s-seed%d" % (method, seed)
-
-
 def run_sweep(out, methods, seeds, data_dir=None, num_train=640, num_test=160, image_size=64,
               data_seed=0, beta=0.99999, epochs=10, resume=False, quiet=False, log=None,
               **train_args):
@@ -116,7 +112,7 @@ def run_sweep(out, methods, seeds, data_dir=None, num_train=640, num_test=160, i
                                                 num_class=data.NUM_CLASS)
         log.info("class weights %s: %s", method, " ".join("%.4f" % w for w in weight))
         for seed in seeds:
-            name = run_name(method, seed)
+            name = report.run_name(method, seed)
             run_dir = os.path.join(out, "runs", name)
             done = os.path.join(run_dir, "results.json")
             finished = common.read_json(done) if resume and os.path.exists(done) else None

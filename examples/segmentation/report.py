@@ -9,6 +9,11 @@ COLORS = {"none": "tab:gray", "inverse": "tab:purple", "median": "tab:blue",
           "effective": "tab:orange"}
 
 
+def run_name(method, seed):
+    """The folder (under ``OUT/runs``) and key of one run of the sweep."""
+    return "%s-seed%d" % (method, seed)
+
+
 def display_indices(labels, rare_class, count=4):
     """The first ``count`` test images holding the rare class, then the first others."""
     has_rare = [i for i in range(len(labels)) if np.any(labels[i] == rare_class)]
@@ -28,13 +33,13 @@ def summarize(runs, methods, seeds, class_names):
     summary = {"methods": list(methods), "seeds": list(seeds), "classes": list(class_names),
                "by_method": {}}
     for method in methods:
-        finals = [runs["%s-seed%d" % (method, seed)]["final"] for seed in seeds]
+        finals = [runs[run_name(method, seed)]["final"] for seed in seeds]
         summary["by_method"][method] = {
             "miou": _spread([f["miou"] for f in finals]),
             "pixel_accuracy": _spread([f["pixel_accuracy"] for f in finals]),
             "iou": {name: _spread([f["iou"][c] for f in finals])
                     for c, name in enumerate(class_names)},
-            "class_weight": runs["%s-seed%d" % (method, seeds[0])]["class_weight"],
+            "class_weight": runs[run_name(method, seeds[0])]["class_weight"],
         }
     return summary
 
@@ -67,7 +72,7 @@ def plot_curves(path, runs, methods, seeds, rare_class=-1):
               ("rare", "test IoU of the rare class"))
     fig, axes = plt.subplots(1, 3, figsize=(12, 3.4), dpi=100)
     for method in methods:
-        histories = [runs["%s-seed%d" % (method, seed)]["history"] for seed in seeds]
+        histories = [runs[run_name(method, seed)]["history"] for seed in seeds]
         epochs = [h["epoch"] for h in histories[0]]
         for ax, (key, title) in zip(axes, panels):
             values = np.array([[h["iou"][rare_class] if key == "rare" else h[key]
@@ -99,7 +104,7 @@ def plot_masks(path, out, test_data, methods, seed, indices, class_names):
     images, labels = test_data
     predictions = {}
     for method in methods:
-        saved = np.load(os.path.join(out, "runs", "%s-seed%d" % (method, seed),
+        saved = np.load(os.path.join(out, "runs", run_name(method, seed),
                                      "predictions.npz"))
         predictions[method] = dict(zip(saved["indices"].tolist(), saved["predicted"]))
     columns = ["image", "ground truth"] + ["%s (seed %d)" % (m, seed) for m in methods]
