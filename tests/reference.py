@@ -115,3 +115,9 @@ def numeric_gradient(function, x, step=1e-6):
         x[i] = original
         grad[i] = (upper - lower) / (2 * step)
     return grad
+
+
+def reference_grad(pred, label, step=1e-6, **kwargs):
+    """Central differences of the summed :func:`softmax_ce` (``kwargs``) at ``pred``."""
+    return numeric_gradient(lambda x: softmax_ce(x, label, **kwargs).sum(),
+                            pred.astype(np.float64), step=step)

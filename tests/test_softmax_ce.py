@@ -10,6 +10,7 @@ from hypothesis import given, settings, strategies as st, HealthCheck
 
 from gluon_losses import WeightedSoftmaxCELoss, weighted_softmax_ce
 import reference
+from reference import reference_grad
 from recorded_labels import OutputsAndLabels
 
 NORMALIZATIONS = ["valid", "batch", "weight", "null", "none"]
@@ -52,11 +53,6 @@ def assert_close_to_float32(actual, expected, rtol, atol):
     """
     scale = max(1.0, float(np.abs(expected).max()))
     np.testing.assert_allclose(actual, expected, rtol=rtol, atol=atol * scale)
-
-
-def reference_grad(pred, label, **kwargs):
-    return reference.numeric_gradient(
-        lambda x: reference.softmax_ce(x, label, **kwargs).sum(), pred.astype(np.float64))
 
 
 # --- the seed case and published anchors -------------------------------------------
