@@ -20,7 +20,8 @@ import mxnet as mx
 from gluon_losses import WeightedSoftmaxCELoss, fused
 import reference
 import test_softmax_ce
-from test_softmax_ce import random_case, run_loss, assert_close_to_float32
+from reference import run_loss
+from test_softmax_ce import random_case, assert_close_to_float32
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 needs_fused = pytest.mark.skipif(not fused.available(), reason="fused operator unavailable: %s"

@@ -10,7 +10,7 @@ from hypothesis import given, settings, strategies as st, HealthCheck
 
 from gluon_losses import WeightedSoftmaxCELoss, weighted_softmax_ce
 import reference
-from reference import reference_grad
+from reference import reference_grad, run_loss
 from recorded_labels import OutputsAndLabels
 
 NORMALIZATIONS = ["valid", "batch", "weight", "null", "none"]
@@ -30,19 +30,6 @@ def random_case(shape, axis, seed, ignore_fraction=0.3, ignore_label=-1):
     pred = (rng.randn(*shape) * 2).astype(np.float32)
     class_weight = rng.uniform(0.2, 3.0, size=num_classes)
     return pred, label, class_weight
-
-
-def run_loss(loss_fn, pred, label, sample_weight=None, ctx=mx.cpu()):
-    """Loss value and d(sum of the output)/d(pred), as float64 NumPy."""
-    pred_nd = mx.nd.array(pred, ctx=ctx, dtype=pred.dtype)
-    pred_nd.attach_grad()
-    args = [mx.nd.array(label, ctx=ctx)]
-    if sample_weight is not None:
-        args.append(mx.nd.array(sample_weight, ctx=ctx))
-    with autograd.record():
-        out = loss_fn(pred_nd, *args)
-    out.backward()
-    return out.asnumpy().astype(np.float64), pred_nd.grad.asnumpy().astype(np.float64)
 
 
 def assert_close_to_float32(actual, expected, rtol, atol):
