@@ -8,8 +8,6 @@ every mode and layout, and cover how the path is chosen, built, cached and expor
 import json
 import os
 import subprocess
-import sys
-import textwrap
 import types
 import zlib
 
@@ -20,6 +18,7 @@ import mxnet as mx
 from gluon_losses import WeightedSoftmaxCELoss, fused
 import reference
 import test_softmax_ce
+from loopback_cluster import run_python
 from reference import run_loss
 from test_softmax_ce import random_case, assert_close_to_float32
 
@@ -242,11 +241,10 @@ def test_fused_argument_is_checked():
 # --- fresh processes: environment switch, no compiler, cache reuse, export ---------------
 
 def _run_python(code, **env):
-    environment = {key: value for key, value in os.environ.items() if key != fused.ENV_SWITCH}
-    environment.update(PYTHONPATH=ROOT, **env)
-    result = subprocess.run([sys.executable, "-c", textwrap.dedent(code)], cwd=ROOT,
-                            env=environment, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                            universal_newlines=True, timeout=300)
+    """Output (stderr in it) of ``code`` run with the environment's fused switch removed,
+    PYTHONPATH the repository root only, and ``env``; it must exit 0."""
+    env = dict({fused.ENV_SWITCH: None, "PYTHONPATH": ROOT}, **env)
+    result = run_python(code, 300, stderr=subprocess.STDOUT, **env)
     assert result.returncode == 0, result.stdout
     return result.stdout
 
