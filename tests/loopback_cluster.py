@@ -35,6 +35,18 @@ def free_port():
         return sock.getsockname()[1]
 
 
+def kill_when(paths, index, timeout):
+    """A ``meanwhile`` for :func:`run_cluster`: once every one of ``paths`` exists, or
+    ``timeout`` seconds after the processes started, kill ``processes[index]`` (0 the
+    scheduler, 1 the server, 2 on the workers)."""
+    def meanwhile(processes):
+        deadline = time.monotonic() + timeout
+        while not all(os.path.exists(path) for path in paths) and time.monotonic() < deadline:
+            time.sleep(0.02)
+        processes[index].kill()
+    return meanwhile
+
+
 def run_dist_sync(worker_args, cwd, num_workers=2, timeout=120, env=None):
     """Run a scheduler, one server and ``num_workers`` copies of ``python worker_args``.
 

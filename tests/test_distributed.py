@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from gluon_losses.distributed import STALL_EXIT_CODE, StallWatchdog
-from loopback_cluster import run_cluster, run_python, skip_unless_dist
+from loopback_cluster import kill_when, run_cluster, run_python, skip_unless_dist
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
@@ -138,14 +138,11 @@ def test_killed_server_stalls_every_worker_which_all_exit(tmp_path, when, marker
     """Killed mid-training, or once training is done, when the workers' kvstores are
     yet to shut down (--linger gives the test a second to kill it at that point)."""
     started = []
+    kill_server = kill_when([tmp_path / name for name in markers], 1, 60)
 
     def kill_server_at_the_marker(procs):
         started.extend(procs)
-        deadline = time.monotonic() + 60
-        while not all((tmp_path / name).exists() for name in markers) \
-                and time.monotonic() < deadline:
-            time.sleep(0.02)
-        procs[1].kill()
+        kill_server(procs)
 
     results = run_cluster(WORKER + [str(tmp_path), "-1", "-1", STALL_TIMEOUT, "--linger"],
                           ROOT, env=ENV, timeout=60, meanwhile=kill_server_at_the_marker)
