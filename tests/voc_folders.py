@@ -131,7 +131,6 @@ def refuse_image_decoding(monkeypatch):
     """
     import cv2
     import mxnet as mx
-    from PIL import Image
 
     def refuse(*args, **kwargs):
         raise ImageDecoded("an image was decoded")

@@ -87,11 +87,12 @@ def test_resume_continues_exactly(tmp_path):
     assert [h["epoch"] for h in elsewhere["history"]] == [1, 2]
     # the lr schedule resumed with the optimizer: epoch 2 runs at the decayed rate
     assert [h["lr"] for h in elsewhere["history"]] == pytest.approx([0.003, 0.0003], rel=1e-12)
+    straight_params = params_of(straight)
     for key, value in params_of(tmp_path / "elsewhere").items():
-        np.testing.assert_array_equal(value, params_of(straight)[key], err_msg=key)
+        np.testing.assert_array_equal(value, straight_params[key], err_msg=key)
     resumed = run(str(split), resume=str(split), epochs=2, **experiment)
     assert [h["epoch"] for h in resumed["history"]] == [1, 2]
-    a, b = params_of(straight), params_of(split)
+    a, b = straight_params, params_of(split)
     assert sorted(a) == sorted(b) and len(a) >= 10
     for key in a:
         np.testing.assert_array_equal(a[key], b[key], err_msg=key)
