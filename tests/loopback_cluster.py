@@ -1,20 +1,50 @@
-"""Start an MXNet dist_sync cluster on 127.0.0.1 for a test, bounded in time and cleaned up."""
+"""Start an MXNet dist_sync cluster on 127.0.0.1 for a test, bounded in time and cleaned up;
+run Python code in a fresh process."""
 import os
 import socket
 import subprocess
 import sys
+import textwrap
 import time
 
 import pytest
 
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
 skip_unless_dist = pytest.mark.skipif(os.environ.get("GLUON_LOSSES_SKIP_DIST") == "1",
                                       reason="GLUON_LOSSES_SKIP_DIST=1")
+
+
+def run_python(code, timeout, stderr=subprocess.PIPE, **env):
+    """Run ``code`` (dedented) with ``python -c`` in the repository root; returns the
+    CompletedProcess, output as text.
+
+    The environment is this process's with ``env`` on top; a variable set to None is
+    removed. ``stderr=subprocess.STDOUT`` interleaves it with stdout.
+    """
+    environment = {key: value for key, value in dict(os.environ, **env).items()
+                   if value is not None}
+    return subprocess.run([sys.executable, "-c", textwrap.dedent(code)], cwd=ROOT,
+                          env=environment, stdout=subprocess.PIPE, stderr=stderr,
+                          universal_newlines=True, timeout=timeout)
 
 
 def free_port():
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return sock.getsockname()[1]
+
+
+def kill_when(paths, index, timeout):
+    """A ``meanwhile`` for :func:`run_cluster`: once every one of ``paths`` exists, or
+    ``timeout`` seconds after the processes started, kill ``processes[index]`` (0 the
+    scheduler, 1 the server, 2 on the workers)."""
+    def meanwhile(processes):
+        deadline = time.monotonic() + timeout
+        while not all(os.path.exists(path) for path in paths) and time.monotonic() < deadline:
+            time.sleep(0.02)
+        processes[index].kill()
+    return meanwhile
 
 
 def run_dist_sync(worker_args, cwd, num_workers=2, timeout=120, env=None):

@@ -1,5 +1,23 @@
-"""Float64 NumPy references that the losses are tested against."""
+"""Float64 NumPy references that the losses are tested against, and run_loss, which
+gives a loss's value and gradient as float64 NumPy to compare with them."""
 import numpy as np
+import mxnet as mx
+from mxnet import autograd
+
+
+def run_loss(loss_fn, pred, *args, ctx=mx.cpu()):
+    """Loss value and d(sum of the output)/d(pred), as float64 NumPy.
+
+    ``pred`` keeps its dtype; every other argument (label, sample weight, ...) becomes
+    an NDArray on ``ctx``, and one that is None is left out.
+    """
+    pred_nd = mx.nd.array(pred, ctx=ctx, dtype=pred.dtype)
+    pred_nd.attach_grad()
+    args = [mx.nd.array(a, ctx=ctx) for a in args if a is not None]
+    with autograd.record():
+        out = loss_fn(pred_nd, *args)
+    out.backward()
+    return out.asnumpy().astype(np.float64), pred_nd.grad.asnumpy().astype(np.float64)
 
 
 def log_softmax(x, axis=-1):
@@ -115,3 +133,9 @@ def numeric_gradient(function, x, step=1e-6):
         x[i] = original
         grad[i] = (upper - lower) / (2 * step)
     return grad
+
+
+def reference_grad(pred, label, step=1e-6, **kwargs):
+    """Central differences of the summed :func:`softmax_ce` (``kwargs``) at ``pred``."""
+    return numeric_gradient(lambda x: softmax_ce(x, label, **kwargs).sum(),
+                            pred.astype(np.float64), step=step)

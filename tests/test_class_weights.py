@@ -4,8 +4,8 @@ import pytest
 import mxnet as mx
 
 from gluon_losses import class_weights as cw
-from voc_folders import (VOC_CLASSES, ImageDecoded, random_masks, refuse_image_decoding,
-                         write_voc_detection, write_voc_segmentation)
+from voc_folders import (VOC_CLASSES, ImageDecoded, counted_pixels, random_masks,
+                         refuse_image_decoding, write_voc_detection, write_voc_segmentation)
 
 
 def test_inverse_frequency_equals_sklearn_balanced():
@@ -253,18 +253,6 @@ def test_for_detection_unreadable_dataset_says_so():
 SEGMENTATION_MASKS = random_masks(6, num_class=21, seed=3)
 
 
-def _counted_pixels(masks, num_class):
-    """Pixels per class and Eigen & Fergus's denominators, from the uint8 arrays written."""
-    counts = np.zeros(num_class)
-    image_pixels = np.zeros(num_class)
-    for mask in masks:
-        labelled = mask[mask != 255]
-        present = np.bincount(labelled, minlength=num_class)
-        counts += present
-        image_pixels += np.where(present > 0, labelled.size, 0)
-    return counts, image_pixels
-
-
 @pytest.fixture
 def voc_segmentation(tmp_path, monkeypatch):
     from gluoncv.data import VOCSegmentation
@@ -278,7 +266,7 @@ def voc_segmentation(tmp_path, monkeypatch):
 
 @pytest.mark.parametrize("method", ["median", "inverse", "effective", "none"])
 def test_for_segmentation_is_estimator_of_mask_counts(voc_segmentation, method):
-    counts, image_pixels = _counted_pixels(SEGMENTATION_MASKS, 21)
+    counts, image_pixels = counted_pixels(SEGMENTATION_MASKS, 21)
     assert 0 < np.count_nonzero(counts) < 21  # absent classes are exercised too
     weights = cw.for_segmentation(voc_segmentation, method=method, beta=0.999)
     assert weights.dtype == np.float32 and weights.shape == (21,)
@@ -289,7 +277,7 @@ def test_for_segmentation_is_estimator_of_mask_counts(voc_segmentation, method):
 def test_for_segmentation_median_is_per_image_frequency(voc_segmentation):
     # Eigen & Fergus differ from the pooled frequency as soon as classes sit in
     # different images, which they do here.
-    counts, _ = _counted_pixels(SEGMENTATION_MASKS, 21)
+    counts, _ = counted_pixels(SEGMENTATION_MASKS, 21)
     pooled = cw.median_frequency(counts)
     assert not np.allclose(cw.for_segmentation(voc_segmentation), pooled, rtol=1e-3)
 
@@ -306,7 +294,7 @@ def test_for_segmentation_errors(tmp_path):
                                          r"outside \[0, 21\)"):
         cw.for_segmentation(dataset)
     np.testing.assert_allclose(cw.for_segmentation(dataset, num_class=31, method="inverse"),
-                               cw.inverse_frequency(_counted_pixels(bad, 31)[0]), rtol=1e-6)
+                               cw.inverse_frequency(counted_pixels(bad, 31)[0]), rtol=1e-6)
 
 
 def test_for_segmentation_follows_the_dataset_own_mask_convention(tmp_path, monkeypatch):
@@ -325,7 +313,7 @@ def test_for_segmentation_follows_the_dataset_own_mask_convention(tmp_path, monk
             base / "images" / "training" / ("%d.jpg" % i))
     dataset = ADE20KSegmentation(root=str(tmp_path), split="train")
     refuse_image_decoding(monkeypatch)
-    counts, image_pixels = _counted_pixels(files, 150)
+    counts, image_pixels = counted_pixels(files, 150)
     np.testing.assert_allclose(cw.for_segmentation(dataset),
                                cw.median_frequency(counts, image_pixels=image_pixels), rtol=1e-6)
 

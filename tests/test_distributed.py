@@ -1,25 +1,22 @@
 """StallWatchdog: a stalled loop or dist_sync cluster ends the process with a message,
 and a relaunch with resume ends bitwise equal to an uninterrupted run."""
 import os
-import subprocess
-import sys
 import time
 
 import numpy as np
 import pytest
 
 from gluon_losses.distributed import STALL_EXIT_CODE, StallWatchdog
-from loopback_cluster import run_cluster, skip_unless_dist
+from loopback_cluster import kill_when, run_cluster, run_python, skip_unless_dist
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
 WORKER = ["-m", "tests.dist_stall_worker"]
 
 
-def run_python(code, timeout=60):
+def run_timed(code, timeout=60):
     started = time.monotonic()
-    proc = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True,
-                          text=True, timeout=timeout)
+    proc = run_python(code, timeout)
     return proc.returncode, proc.stdout + proc.stderr, time.monotonic() - started
 
 
@@ -42,7 +39,7 @@ print("finished", flush=True)
 def test_a_stalled_loop_exits_with_a_message_naming_what_stalled_and_how_to_resume():
     # Steps and a pause longer than the timeout in total must not fire; the hang must.
     code = LOOP.format(timeout=1.0, steps=5, step_time=0.3, paused_time=1.2, hang=60)
-    returncode, output, seconds = run_python(code)
+    returncode, output, seconds = run_timed(code)
     assert returncode == STALL_EXIT_CODE, output
     assert "hanging" in output and "finished" not in output
     assert "no progress for 1 s (timeout 1 s) in a test loop, at the hang" in output
@@ -53,7 +50,7 @@ def test_a_stalled_loop_exits_with_a_message_naming_what_stalled_and_how_to_resu
 
 def test_a_loop_that_keeps_beating_finishes_normally():
     code = LOOP.format(timeout=1.0, steps=4, step_time=0.2, paused_time=0.0, hang=0.1)
-    returncode, output, _ = run_python(code)
+    returncode, output, _ = run_timed(code)
     assert returncode == 0 and "finished" in output, output
 
 
@@ -141,14 +138,11 @@ def test_killed_server_stalls_every_worker_which_all_exit(tmp_path, when, marker
     """Killed mid-training, or once training is done, when the workers' kvstores are
     yet to shut down (--linger gives the test a second to kill it at that point)."""
     started = []
+    kill_server = kill_when([tmp_path / name for name in markers], 1, 60)
 
     def kill_server_at_the_marker(procs):
         started.extend(procs)
-        deadline = time.monotonic() + 60
-        while not all((tmp_path / name).exists() for name in markers) \
-                and time.monotonic() < deadline:
-            time.sleep(0.02)
-        procs[1].kill()
+        kill_server(procs)
 
     results = run_cluster(WORKER + [str(tmp_path), "-1", "-1", STALL_TIMEOUT, "--linger"],
                           ROOT, env=ENV, timeout=60, meanwhile=kill_server_at_the_marker)

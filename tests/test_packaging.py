@@ -2,8 +2,9 @@
 import ast
 import configparser
 import os
-import subprocess
 import sys
+
+from loopback_cluster import run_python
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 PACKAGE = os.path.join(ROOT, "gluon_losses")
@@ -72,8 +73,7 @@ def test_import_gluon_losses_loads_nothing_beyond_mxnet():
     # what `import gluon_losses` loads on top of `import mxnet`.
     code = ("import sys, numpy, mxnet; before = set(sys.modules); import gluon_losses; "
             "print(sorted({m.split('.')[0] for m in set(sys.modules) - before}))")
-    done = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True,
-                          text=True, timeout=120)
+    done = run_python(code, 120)
     assert done.returncode == 0, done.stderr
     loaded = set(ast.literal_eval(done.stdout.strip().splitlines()[-1]))
     assert "gluon_losses" in loaded

@@ -10,6 +10,7 @@ from hypothesis import given, settings, strategies as st, HealthCheck
 
 from gluon_losses import WeightedSoftmaxCELoss, weighted_softmax_ce
 import reference
+from reference import reference_grad, run_loss
 from recorded_labels import OutputsAndLabels
 
 NORMALIZATIONS = ["valid", "batch", "weight", "null", "none"]
@@ -31,19 +32,6 @@ def random_case(shape, axis, seed, ignore_fraction=0.3, ignore_label=-1):
     return pred, label, class_weight
 
 
-def run_loss(loss_fn, pred, label, sample_weight=None, ctx=mx.cpu()):
-    """Loss value and d(sum of the output)/d(pred), as float64 NumPy."""
-    pred_nd = mx.nd.array(pred, ctx=ctx, dtype=pred.dtype)
-    pred_nd.attach_grad()
-    args = [mx.nd.array(label, ctx=ctx)]
-    if sample_weight is not None:
-        args.append(mx.nd.array(sample_weight, ctx=ctx))
-    with autograd.record():
-        out = loss_fn(pred_nd, *args)
-    out.backward()
-    return out.asnumpy().astype(np.float64), pred_nd.grad.asnumpy().astype(np.float64)
-
-
 def assert_close_to_float32(actual, expected, rtol, atol):
     """float32 results against float64 ones, ``atol`` relative to the largest value.
 
@@ -52,11 +40,6 @@ def assert_close_to_float32(actual, expected, rtol, atol):
     """
     scale = max(1.0, float(np.abs(expected).max()))
     np.testing.assert_allclose(actual, expected, rtol=rtol, atol=atol * scale)
-
-
-def reference_grad(pred, label, **kwargs):
-    return reference.numeric_gradient(
-        lambda x: reference.softmax_ce(x, label, **kwargs).sum(), pred.astype(np.float64))
 
 
 # --- the seed case and published anchors -------------------------------------------

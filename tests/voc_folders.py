@@ -83,6 +83,19 @@ def random_masks(count, num_class=21, size=(24, 32), seed=0):
     return masks
 
 
+def counted_pixels(masks, num_class):
+    """Pixels per class and Eigen & Fergus's denominators (the pixels of the images a
+    class is in), from uint8 masks with 255 = void."""
+    counts = np.zeros(num_class)
+    image_pixels = np.zeros(num_class)
+    for mask in masks:
+        labelled = mask[mask != 255]
+        present = np.bincount(labelled, minlength=num_class)
+        counts += present
+        image_pixels += np.where(present > 0, labelled.size, 0)
+    return counts, image_pixels
+
+
 def write_voc_segmentation(root, masks, split="trainval"):
     """Write ``VOC2012`` with a palette PNG per mask (uint8 arrays, 255 = void).
 
@@ -118,7 +131,6 @@ def refuse_image_decoding(monkeypatch):
     """
     import cv2
     import mxnet as mx
-    from PIL import Image
 
     def refuse(*args, **kwargs):
         raise ImageDecoded("an image was decoded")

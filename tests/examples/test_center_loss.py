@@ -6,7 +6,6 @@ import math
 import os
 import subprocess
 import sys
-import time
 
 import numpy as np
 import mxnet as mx
@@ -15,7 +14,7 @@ import pytest
 from examples.center_loss import cli
 from examples.center_loss import data as center_data
 from examples.center_loss.train import run
-from loopback_cluster import run_cluster, run_dist_sync, skip_unless_dist
+from loopback_cluster import kill_when, run_cluster, run_dist_sync, skip_unless_dist
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 # A small network and a few batches keep each run to a few seconds.
@@ -88,11 +87,12 @@ def test_resume_continues_exactly(tmp_path):
     assert [h["epoch"] for h in elsewhere["history"]] == [1, 2]
     # the lr schedule resumed with the optimizer: epoch 2 runs at the decayed rate
     assert [h["lr"] for h in elsewhere["history"]] == pytest.approx([0.003, 0.0003], rel=1e-12)
+    straight_params = params_of(straight)
     for key, value in params_of(tmp_path / "elsewhere").items():
-        np.testing.assert_array_equal(value, params_of(straight)[key], err_msg=key)
+        np.testing.assert_array_equal(value, straight_params[key], err_msg=key)
     resumed = run(str(split), resume=str(split), epochs=2, **experiment)
     assert [h["epoch"] for h in resumed["history"]] == [1, 2]
-    a, b = params_of(straight), params_of(split)
+    a, b = straight_params, params_of(split)
     assert sorted(a) == sorted(b) and len(a) >= 10
     for key in a:
         np.testing.assert_array_equal(a[key], b[key], err_msg=key)
@@ -237,13 +237,8 @@ def test_dist_sync_killed_worker_ends_the_run_and_resume_equals_an_uninterrupted
     whole, broken = tmp_path / "whole", tmp_path / "broken"
     run_dist_sync(["-m", "examples.center_loss", "--out", str(whole)] + flags, cwd=ROOT)
 
-    def kill_a_worker_after_the_first_checkpoint(procs):
-        record = broken / "checkpoints" / "checkpoint.json"
-        deadline = time.monotonic() + 120
-        while not record.exists() and time.monotonic() < deadline:
-            time.sleep(0.02)
-        procs[3].kill()
-
+    kill_a_worker_after_the_first_checkpoint = kill_when(
+        [broken / "checkpoints" / "checkpoint.json"], 3, 120)
     results = run_cluster(["-m", "examples.center_loss", "--out", str(broken)] + flags,
                           cwd=ROOT, meanwhile=kill_a_worker_after_the_first_checkpoint)
     (survivor_code, output), (killed_code, _) = results

@@ -11,6 +11,7 @@ from examples.segmentation import data, evaluate, report
 from examples.segmentation.cli import run_sweep
 from examples.segmentation.train import train_run
 from gluon_losses import class_weights
+from voc_folders import counted_pixels
 
 # A few seconds per run: 32x32 images, narrow stages, two short epochs.
 TINY = dict(epochs=2, batch_size=4, lr=0.05, widths=(4, 8, 8, 8), max_iters=3,
@@ -73,13 +74,7 @@ def test_gluoncv_reader_maps_void_to_minus_one_and_weights_match_counts(voc_root
     np.testing.assert_array_equal(labels == -1, raw == 255)
     np.testing.assert_array_equal(labels[raw != 255], raw[raw != 255])
     # float64 reference of Eigen & Fergus's per-image frequency
-    counts = np.zeros(data.NUM_CLASS)
-    image_pixels = np.zeros(data.NUM_CLASS)
-    for mask in raw:
-        kept = mask[mask != 255]
-        present = np.bincount(kept, minlength=data.NUM_CLASS)
-        counts += present
-        image_pixels += np.where(present > 0, kept.size, 0)
+    counts, image_pixels = counted_pixels(raw, data.NUM_CLASS)
     frequency = counts / image_pixels
     expected = np.median(frequency) / frequency
     # the weights the sweep trains with: for_segmentation of the generated VOC folder
