@@ -162,6 +162,17 @@ def as_ndarray(name, value, ctx=None):
     return mx.nd.array(array, ctx=ctx or mx.cpu(), dtype=array.dtype)
 
 
+def on_context(name, value, ctx):
+    """``value`` as an NDArray on ``ctx`` (the context of ``pred``): NumPy arrays and lists
+    are copied there, and an NDArray elsewhere raises ``ValueError`` naming both contexts."""
+    if not isinstance(value, mx.nd.NDArray):
+        return as_ndarray(name, value, ctx)
+    if value.context != ctx:
+        raise ValueError("%s is on %s but pred is on %s; a loss computes on one context"
+                         % (name, value.context, ctx))
+    return value
+
+
 def check_not_empty(name, shape):
     """MXNet's operators read a 0 in a shape as "unknown" and cannot run on empty arrays."""
     if 0 in shape:

@@ -106,7 +106,7 @@ class MixWeightedSoftmaxCELoss(WeightedSoftmaxCELoss):
         preds, label = list(inputs[:-1]), inputs[-1]
         if isinstance(preds[0], mx.nd.NDArray):
             main_shape = preds[0].shape
-            preds[0], label, _ = self._prepare(preds[0], label, None)
+            preds[0], label, _, _ = self._prepare(preds[0], label, None)
             if self._aux:
                 aux_pred = preds[1]
                 if aux_pred.shape != main_shape:

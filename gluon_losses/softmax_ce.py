@@ -10,7 +10,7 @@ import mxnet as mx
 from mxnet.gluon.loss import Loss
 
 from .checks import (as_ndarray, as_weight_vector, check_bool, check_choice, check_float,
-                     check_ignore_label, check_labels, check_not_empty, check_shape)
+                     check_ignore_label, check_labels, check_not_empty, check_shape, on_context)
 from .first_call import SerializedFirstCall
 from .graph_ops import apply_scalar_weight, detached_label, ensure_on_context
 from . import fused
@@ -30,6 +30,9 @@ _LOG_TWO = float(np.log(2.0))
 # Inside float32's range with room to spare: clip's bounds go through a double, and at
 # exactly float32's largest value MXNet 1.9's clip lets inf through.
 _CLIP_MAX = 3.4e38
+# Input shape combinations whose checks _prepare keeps; past this many (shapes that never
+# repeat) it starts over instead of growing.
+_MAX_SHAPE_PLANS = 64
 
 
 def _class_axis_shape(axis, ndim):
@@ -57,18 +60,33 @@ def _layout_hint(pred_shape, num_classes):
             % (", ".join(layout), axis, -1 if axis == ndim - 1 else axis))
 
 
-def _guarded_class_weight(F, class_weight, pred, axis):
-    """The class weights (ones when None) with a NaN entry on each side.
+# An ignore label at most this far below 0 gets its own slot of 0 in the weight table;
+# one further away (or at or above 0) is zeroed by a mask instead.
+_MAX_TABLE_GAP = 1024
 
-    Looking a label up at ``label + 1`` in this vector, with take's clipping, gives
-    NaN for any label below 0 or at or above C. That one lookup both weights the
-    position and poisons an out-of-range label, so a bad label turns the loss NaN in
-    a graph without a separate range test and reduction.
+
+def _weight_table(F, class_weight, pred, axis, ignore_label):
+    """``(table, offset)``: ``table[label + offset]`` is the class weight of a label in
+    ``[0, C)``, 0 for a negative ``ignore_label`` given here, and NaN for every other integer.
+
+    A NaN at each end catches, through take's clipping, every label below or above the
+    table, so one lookup both weighs a position and poisons a bad label, without a
+    separate range test and reduction.
     """
     if class_weight is None:
         class_weight = F.ones_like(F.contrib.arange_like(pred, axis=axis))
-    nan = F.slice_axis(class_weight, axis=0, begin=0, end=1) * float("nan")
-    return F.concat(nan, class_weight, nan, dim=0)
+    first = F.slice_axis(class_weight, axis=0, begin=0, end=1)
+    nan = first * float("nan")
+    if ignore_label is None:
+        return F.concat(nan, class_weight, nan, dim=0), 1
+    gap = -ignore_label - 1  # the labels between the ignore label and class 0
+    below = [nan, first * 0] + ([F.tile(nan, reps=(gap,))] if gap else [])
+    return F.concat(*(below + [class_weight, nan]), dim=0), gap + 2
+
+
+def _table_ignores(ignore_label):
+    """Whether :func:`_weight_table` gives ``ignore_label`` a slot of its own."""
+    return ignore_label is not None and -_MAX_TABLE_GAP <= ignore_label < 0
 
 
 def _sum_all(F, values, mask=None):
@@ -110,13 +128,11 @@ def weighted_softmax_ce(F, pred, label, class_weight=None, sample_weight=None, a
         class_weight = F.BlockGrad(class_weight)
     sign = 1.0
     if sparse_label:
-        keep = None if ignore_label is None else label != ignore_label
-        # Ignored positions are pointed at class 0 before pick/take, so -1 or 255 is
-        # never clipped into a real class; their weight of 0 removes them afterwards.
-        index = label if keep is None else label * keep
-        target_log_prob = F.pick(log_prob, index, axis=axis)
+        # pick clips a label outside [0, C), the ignore label included, onto a real class;
+        # the weight lookup below gives such a position 0 (ignored) or NaN (a bad label).
+        target_log_prob = F.pick(log_prob, label, axis=axis)
         if label_smoothing == 0 and gamma == 0:
-            # The minus sign goes into the label-side factor: one fewer backward node.
+            # The minus sign goes into the weight table: one fewer backward node.
             value, sign = target_log_prob, -1.0
         else:
             value = -target_log_prob
@@ -125,13 +141,11 @@ def weighted_softmax_ce(F, pred, label, class_weight=None, sample_weight=None, a
                     F, log_prob, axis)
             if gamma > 0:
                 log_one_minus_p = _log_one_minus_prob(
-                    F, pred, target_log_prob, F.pick(pred, index, axis=axis), axis, False)
+                    F, pred, target_log_prob, F.pick(pred, label, axis=axis), axis, False)
                 value = _focal(F, value, log_one_minus_p, gamma)
-        position_weight = F.take(_guarded_class_weight(F, class_weight, pred, axis),
-                                 _lookup_index(F, index))
-        if keep is not None:
-            position_weight = position_weight * keep
-        positions = label
+        position_weight, keep = _sparse_position_weight(
+            F, label, class_weight, pred, axis, ignore_label, normalization, sign)
+        positions, sign = label, 1.0
     else:
         if class_weight is not None:
             class_weight = F.reshape(class_weight, shape=_class_axis_shape(axis, ndim))
@@ -152,14 +166,44 @@ def weighted_softmax_ce(F, pred, label, class_weight=None, sample_weight=None, a
         # A label-side array shaped like the positions (pred without the class axis).
         positions = F.sum(F.slice_axis(label, axis=axis, begin=0, end=1), axis=axis)
     weight = _product(F, position_weight, sample_weight)
-    if normalization != "none":
+    if normalization == "weight" or (normalization != "none" and not sparse_label):
         weight = _product(F, weight, _normalizer(F, normalization, keep, weight, positions))
-    if sign < 0:
-        weight = -weight  # sparse labels always have a position weight
     loss = value if weight is None else _weigh(F, value, weight)
     if normalization == "none" or ndim == 2:
         return loss  # with 1-D labels every position is a sample
     return F.mean(loss, axis=batch_axis, exclude=True)
+
+
+def _sparse_position_weight(F, label, class_weight, pred, axis, ignore_label, normalization,
+                            sign):
+    """``(weight, keep)`` for sparse labels: each position's class weight, 0 where ignored
+    and NaN for a bad label, times ``sign`` and, except for ``'weight'``, the normalizer.
+
+    Those two scalars multiply the (C,) weight table instead of the positions, and a
+    negative ignore label gets a slot of 0 in the table instead of a mask, which leaves
+    as few per-position nodes as possible. ``keep`` is the 0/1 mask of positions that
+    are not ignored (None where ``ignore_label`` is None); a bad label may count either way,
+    as its position is NaN anyway.
+    """
+    in_table = _table_ignores(ignore_label)
+    keep = None
+    if ignore_label is not None:
+        # A comparison against a scalar runs faster as ">" than as "!=".
+        keep = label > ignore_label if in_table else label != ignore_label
+    table, offset = _weight_table(F, class_weight, pred, axis,
+                                  ignore_label if in_table else None)
+    scale = None if normalization in ("weight", "none") else _normalizer(
+        F, normalization, keep, None, label)
+    if scale is not None:
+        table = F.broadcast_mul(table, scale if sign > 0 else scale * sign)
+    elif sign < 0:
+        table = table * sign
+    # A mask points ignored positions at class 0, so 255 is never clipped into a class.
+    index = label if keep is None or in_table else label * keep
+    weight = F.take(table, _lookup_index(F, index, offset))
+    if keep is not None and not in_table:
+        weight = weight * keep
+    return weight, keep
 
 
 def _moves_class_axis(axis, ndim):
@@ -167,13 +211,15 @@ def _moves_class_axis(axis, ndim):
     return ndim is not None and ndim > 2 and axis % ndim != ndim - 1
 
 
-def _lookup_index(F, index):
-    """Where to look ``index`` up in the guarded class weights: ``index + 1``, or far past
-    the end (clipped onto the trailing NaN) when ``index`` is not an integer, so that a
-    label such as 1.5 poisons its position instead of being truncated into class 1."""
+def _lookup_index(F, label, offset):
+    """Where to look ``label`` up in the weight table: ``label + offset``, or far past the
+    end (clipped onto the trailing NaN) when ``label`` is not an integer, so that a label
+    such as 1.5 poisons its position instead of being truncated into class 1."""
+    index = label + offset
     fractional = index != F.floor(index)
     # 2**30: past any class count, and still a well-defined integer index to clip.
-    return index + 1 + fractional * 2.0 ** 30
+    # broadcast_add, not "+": on small arrays MXNet's elemwise_add costs five times as much.
+    return F.broadcast_add(index, fractional * 2.0 ** 30)
 
 
 def _class_mean(F, log_prob, axis):
@@ -422,6 +468,7 @@ class WeightedSoftmaxCELoss(SerializedFirstCall, Loss):
         self._gamma = check_float("gamma", gamma, low=0.0)
         self._built_ndim = None
         self._built_with_sample_weight = None
+        self._shape_plans = {}  # input shapes -> what _shape_plan worked out for them
         self._num_classes = None
         if fused not in (None, True, False):
             raise ValueError("fused must be None, True or False, got %r" % (fused,))
@@ -452,11 +499,16 @@ class WeightedSoftmaxCELoss(SerializedFirstCall, Loss):
         self.class_weight.set_data(mx.nd.array(weights))
 
     def forward(self, pred, label, sample_weight=None):
-        if not isinstance(pred, mx.sym.Symbol):
-            pred, label, sample_weight = self._prepare(pred, label, sample_weight)
-            context = pred.context
-            if context.device_type != self._fused_device:
-                self._choose_path(context)
+        if isinstance(pred, mx.sym.Symbol):
+            return super().forward(pred, label, sample_weight)
+        pred, label, sample_weight, context = self._prepare(pred, label, sample_weight)
+        if context.device_type != self._fused_device:
+            self._choose_path(context)
+        if self._active:
+            # What HybridBlock.forward does for a hybridized block, without reading every
+            # input's context twice more: _prepare has checked them.
+            with context:
+                return self._call_cached_op(pred, label, sample_weight)
         return super().forward(pred, label, sample_weight)
 
     def _choose_path(self, context):
@@ -480,48 +532,33 @@ class WeightedSoftmaxCELoss(SerializedFirstCall, Loss):
         self._fused_device = context.device_type
 
     def _prepare(self, pred, label, sample_weight):
-        """NDArray-level checks and shape conventions, run before graph or imperative code.
+        """NDArray-level checks and shape conventions, run before graph or imperative code:
+        ``(pred, label, sample_weight, context)``.
 
-        Every shape, dtype and context is read once: each read is a call into the
-        MXNet library, and at small sizes they cost as much as the loss itself. NumPy
-        arrays and lists are copied to NDArrays on ``pred``'s context.
+        Each shape, dtype and context read is a call into the MXNet library, and at small
+        sizes they cost as much as the loss itself, so each is read once per call, and the
+        checks and reshapes that follow from the shapes alone are worked out once per
+        combination of shapes. NumPy arrays and lists are copied to NDArrays on ``pred``'s
+        context.
         """
         pred = as_ndarray("pred", pred)
-        if not isinstance(label, mx.nd.NDArray):
-            label = as_ndarray("label", label, pred.context)
-        if sample_weight is not None and not isinstance(sample_weight, mx.nd.NDArray):
-            sample_weight = as_ndarray("sample_weight", sample_weight, pred.context)
-        pred_shape, label_shape = pred.shape, label.shape
-        ndim = len(pred_shape)
-        if ndim < 2:
-            raise ValueError("pred must have a batch axis and a class axis, got shape %s"
-                             % (pred_shape,))
-        check_not_empty("pred", pred_shape)
-        if not -ndim <= self._axis < ndim:
-            raise ValueError("axis=%d is out of range for pred of shape %s" % (self._axis, pred_shape))
-        axis = self._axis % ndim
-        class_count = pred_shape[axis]
-        if self._num_classes is not None and class_count != self._num_classes:
-            raise ValueError("pred has %d classes along axis %d (shape %s) but class_weight has "
-                             "length %d%s" % (class_count, self._axis, pred_shape,
-                                              self._num_classes,
-                                              _layout_hint(pred_shape, self._num_classes)))
-        position_shape = pred_shape[:axis] + pred_shape[axis + 1:]
-        kept_axis_shape = pred_shape[:axis] + (1,) + pred_shape[axis + 1:]
-        if self._batch_axis >= len(position_shape):
-            raise ValueError("batch_axis=%d is out of range for the label's %d dimension(s) "
-                             "(pred of shape %s without class axis %d)"
-                             % (self._batch_axis, len(position_shape), pred_shape, self._axis))
-        if self._sparse_label:
-            if label_shape != position_shape and label_shape == kept_axis_shape:
-                label = label.reshape(position_shape)
-                label_shape = position_shape
-            check_shape("label", label_shape, position_shape, "pred of shape %s" % (pred_shape,))
-        else:
-            check_shape("label", label_shape, pred_shape, "pred (sparse_label=False)")
+        context = pred.context
+        label = on_context("label", label, context)
         if sample_weight is not None:
-            sample_weight = self._broadcastable_sample_weight(sample_weight, position_shape,
-                                                              kept_axis_shape, axis)
+            sample_weight = on_context("sample_weight", sample_weight, context)
+        shapes = (pred.shape, label.shape,
+                  None if sample_weight is None else sample_weight.shape)
+        plan = self._shape_plans.get(shapes)
+        if plan is None:
+            plan = self._shape_plan(*shapes)
+            if len(self._shape_plans) >= _MAX_SHAPE_PLANS:
+                self._shape_plans.clear()
+            self._shape_plans[shapes] = plan
+        ndim, class_count, label_shape, weight_shape = plan
+        if label_shape is not None:
+            label = label.reshape(label_shape)
+        if weight_shape is not None:
+            sample_weight = sample_weight.reshape(weight_shape)
         built = bool(self._active and self._cached_graph)
         if built and self._built_with_sample_weight != (sample_weight is not None):
             raise ValueError(
@@ -546,8 +583,45 @@ class WeightedSoftmaxCELoss(SerializedFirstCall, Loss):
         if sample_weight is not None and sample_weight.dtype != np.float32:
             sample_weight = sample_weight.astype(np.float32)
         if self._num_classes is not None:
-            ensure_on_context(self.class_weight, pred.context)
-        return pred, label, sample_weight
+            ensure_on_context(self.class_weight, context)
+        return pred, label, sample_weight, context
+
+    def _shape_plan(self, pred_shape, label_shape, weight_shape):
+        """Every check that depends on the input shapes alone, raising on a mismatch:
+        ``(ndim, C, label reshape, sample_weight reshape)``, a reshape None where none is
+        needed."""
+        ndim = len(pred_shape)
+        if ndim < 2:
+            raise ValueError("pred must have a batch axis and a class axis, got shape %s"
+                             % (pred_shape,))
+        check_not_empty("pred", pred_shape)
+        if not -ndim <= self._axis < ndim:
+            raise ValueError("axis=%d is out of range for pred of shape %s" % (self._axis, pred_shape))
+        axis = self._axis % ndim
+        class_count = pred_shape[axis]
+        if self._num_classes is not None and class_count != self._num_classes:
+            raise ValueError("pred has %d classes along axis %d (shape %s) but class_weight has "
+                             "length %d%s" % (class_count, self._axis, pred_shape,
+                                              self._num_classes,
+                                              _layout_hint(pred_shape, self._num_classes)))
+        position_shape = pred_shape[:axis] + pred_shape[axis + 1:]
+        kept_axis_shape = pred_shape[:axis] + (1,) + pred_shape[axis + 1:]
+        if self._batch_axis >= len(position_shape):
+            raise ValueError("batch_axis=%d is out of range for the label's %d dimension(s) "
+                             "(pred of shape %s without class axis %d)"
+                             % (self._batch_axis, len(position_shape), pred_shape, self._axis))
+        label_reshape = None
+        if self._sparse_label:
+            if label_shape != position_shape and label_shape == kept_axis_shape:
+                label_reshape = label_shape = position_shape
+            check_shape("label", label_shape, position_shape, "pred of shape %s" % (pred_shape,))
+        else:
+            check_shape("label", label_shape, pred_shape, "pred (sparse_label=False)")
+        weight_reshape = None
+        if weight_shape is not None:
+            weight_reshape = self._sample_weight_shape(weight_shape, position_shape,
+                                                       kept_axis_shape, axis)
+        return ndim, class_count, label_reshape, weight_reshape
 
     def _graph_depends_on(self, ndim):
         """Whether a graph built for ``self._built_ndim`` dimensions is wrong for ``ndim``.
@@ -565,9 +639,9 @@ class WeightedSoftmaxCELoss(SerializedFirstCall, Loss):
             return True
         return not self._sparse_label and self._num_classes is not None and self._axis >= 0
 
-    def _broadcastable_sample_weight(self, sample_weight, position_shape, kept_axis_shape,
-                                     axis):
-        """``sample_weight`` reshaped to the label's number of dimensions.
+    def _sample_weight_shape(self, shape, position_shape, kept_axis_shape, axis):
+        """The shape that gives ``sample_weight`` the label's number of dimensions, or None
+        where it has that already.
 
         Accepted, in this order: shapes with the label's number of dimensions that
         broadcast to it; ``(batch,)`` (one weight per sample); and every shape gluon's
@@ -575,18 +649,17 @@ class WeightedSoftmaxCELoss(SerializedFirstCall, Loss):
         right) to ``pred``'s shape with the class axis kept as 1, such as
         ``(B, 1, 1, 1)`` for NCHW scores or ``(B, 1, 1)`` for ``(B, N, C)``.
         """
-        shape = sample_weight.shape
         if shape == kept_axis_shape and shape != position_shape:
-            return sample_weight.reshape(position_shape)
+            return position_shape
         if _broadcasts(shape, position_shape, same_ndim=True):
-            return sample_weight
+            return None
         if len(position_shape) > 1 and shape == (position_shape[self._batch_axis],):
             spec = [1] * len(position_shape)
             spec[self._batch_axis] = shape[0]
-            return sample_weight.reshape(tuple(spec))
+            return tuple(spec)
         if _broadcasts(shape, kept_axis_shape, same_ndim=False):
             full = (1,) * (len(kept_axis_shape) - len(shape)) + tuple(shape)
-            return sample_weight.reshape(full[:axis] + full[axis + 1:])
+            return full[:axis] + full[axis + 1:]
         raise ValueError("sample_weight has shape %s, which does not broadcast to the "
                          "label's shape %s" % (shape, position_shape))
 

@@ -382,6 +382,11 @@ def _center(**kwargs):
     return run
 
 
+def _hybridized(block):
+    block.hybridize()
+    return block
+
+
 def _sample_weight_once_then_not():
     loss_fn = WeightedSoftmaxCELoss()
     loss_fn.hybridize()
@@ -429,6 +434,11 @@ BAD_INPUTS = [
                 nd.ones((2, 2, 1, 1)))),
     # 9. messages
     ("class_weight", "None", lambda: WeightedSoftmaxCELoss([1, 2]).set_class_weight(None)),
+    # 10. inputs on two contexts, hybridized or not
+    ("label", "cpu(1)", lambda: WeightedSoftmaxCELoss()(nd.zeros((2, 3)),
+                                                        nd.zeros((2,), ctx=mx.cpu(1)))),
+    ("sample_weight", "cpu(1)", lambda: _hybridized(WeightedSoftmaxCELoss())(
+        nd.zeros((2, 3)), nd.zeros((2,)), nd.ones((2,), ctx=mx.cpu(1)))),
     ("sample_weight", "None", _sample_weight_once_then_not),
 ]
 

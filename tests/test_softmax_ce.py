@@ -196,6 +196,63 @@ def test_ignore_label_none_counts_every_position():
                                rtol=1e-5)
 
 
+# The ignore label's place in the graph's weight lookup: none, a slot of its own just
+# below class 0 or further below, a mask (far below 0, inside the class range, above it).
+IGNORE_LABELS = [None, -1, -3, -100, -5000, 0, 2, 255]
+
+
+@pytest.mark.parametrize("ignore_label", IGNORE_LABELS)
+@pytest.mark.parametrize("normalization", NORMALIZATIONS)
+@pytest.mark.parametrize("fused", [None, False])
+def test_every_ignore_label_matches_reference(ignore_label, normalization, fused):
+    pred, label, class_weight = random_case((3, 4, 5), -1, seed=23,
+                                            ignore_label=-1 if ignore_label is None
+                                            else ignore_label)
+    loss_fn = WeightedSoftmaxCELoss(class_weight, ignore_label=ignore_label,
+                                    normalization=normalization, fused=fused)
+    loss_fn.hybridize()
+    value, grad = run_loss(loss_fn, pred, np.maximum(label, 0) if ignore_label is None
+                           else label)
+    kwargs = dict(class_weight=class_weight, ignore_label=ignore_label,
+                  normalization=normalization)
+    label = np.maximum(label, 0) if ignore_label is None else label
+    assert_close_to_float32(value, reference.softmax_ce(pred, label, **kwargs), rtol=2e-5,
+                            atol=2e-6)
+    assert_close_to_float32(grad, reference_grad(pred, label, **kwargs), rtol=2e-3,
+                            atol=2e-4)
+
+
+@pytest.mark.parametrize("ignore_label", [-1, -3, 255])
+@pytest.mark.parametrize("fused", [None, False])
+def test_labels_next_to_the_ignore_label_are_bad_in_a_graph(ignore_label, fused):
+    """Integers between or beside the ignore label and the classes are not classes."""
+    loss_fn = WeightedSoftmaxCELoss([1.0, 2.0, 3.0], ignore_label=ignore_label,
+                                    normalization="none", fused=fused)
+    loss_fn.hybridize()
+    pred = np.random.RandomState(24).randn(2, 3).astype(np.float32)
+    for bad in (ignore_label - 1, ignore_label + 0.5, ignore_label + 1 if ignore_label < -1
+                else 3, -2.0**30, 2.0**30):
+        value, grad = run_loss(loss_fn, pred, np.array([bad, ignore_label], np.float32))
+        assert np.isnan(value[0]) and np.all(np.isnan(grad[0])), (bad, value)
+        assert value[1] == 0 and np.all(grad[1] == 0), (bad, value, grad)
+
+
+@pytest.mark.parametrize("shape, axis", CASES)
+def test_bench_yardstick_computes_the_same_loss(shape, axis):
+    """bench/'s frozen pre-fused graph is timed against the fallback: same loss, same
+    gradient, on the labels both handle (integers, ignore label -1)."""
+    from bench.pre_fused_graph import PreFusedGraph
+    pred, label, class_weight = random_case(shape, axis, seed=25)
+    results = []
+    for loss_fn in (PreFusedGraph(class_weight=class_weight, axis=axis),
+                    WeightedSoftmaxCELoss(class_weight, axis=axis, fused=False)):
+        loss_fn.hybridize()
+        results.append(run_loss(loss_fn, pred, label))
+    np.testing.assert_allclose(results[0][0], results[1][0], rtol=1e-6)
+    # NCHW: the fallback transposes before its log_softmax, rounding differently.
+    np.testing.assert_allclose(results[0][1], results[1][1], rtol=1e-5, atol=1e-6)
+
+
 # --- dense targets, smoothing, focal, log-probability inputs --------------------------
 
 @pytest.mark.parametrize("shape, axis", CASES)
