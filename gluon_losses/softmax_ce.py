@@ -134,7 +134,10 @@ def weighted_softmax_ce(F, pred, label, class_weight=None, sample_weight=None, a
         if label_smoothing == 0 and gamma == 0:
             # The minus sign goes into the weight table: one fewer backward node.
             value, sign = target_log_prob, -1.0
+            # A log-probability; one given as input (from_logits) may be anything.
+            value_sign = 0 if from_logits else -1
         else:
+            value_sign = 1  # cross-entropy against a distribution, focal or not
             value = -target_log_prob
             if label_smoothing > 0:
                 value = (1 - label_smoothing) * value - label_smoothing * _class_mean(
@@ -163,12 +166,13 @@ def weighted_softmax_ce(F, pred, label, class_weight=None, sample_weight=None, a
                                                                    axis, True), gamma)
         value = -F.sum(per_class, axis=axis)
         keep = position_weight = None
+        value_sign = 0  # targets of any sign
         # A label-side array shaped like the positions (pred without the class axis).
         positions = F.sum(F.slice_axis(label, axis=axis, begin=0, end=1), axis=axis)
     weight = _product(F, position_weight, sample_weight)
     if normalization == "weight" or (normalization != "none" and not sparse_label):
         weight = _product(F, weight, _normalizer(F, normalization, keep, weight, positions))
-    loss = value if weight is None else _weigh(F, value, weight)
+    loss = value if weight is None else _weigh(F, value, weight, value_sign)
     if normalization == "none" or ndim == 2:
         return loss  # with 1-D labels every position is a sample
     return F.mean(loss, axis=batch_axis, exclude=True)
@@ -227,16 +231,24 @@ def _class_mean(F, log_prob, axis):
     return F.mean(log_prob * _MEAN_SCALE, axis=axis) * (1 / _MEAN_SCALE)
 
 
-def _weigh(F, value, weight):
+def _weigh(F, value, weight, value_sign=0):
     """``value * weight`` (broadcast), exactly 0 wherever ``weight`` is 0.
 
     A value can overflow to inf only where the logits spread wider than float32's range;
-    there the product with a weight of 0 would be NaN. Clipping the value just inside
-    float32's range first keeps that product 0, costs one elementwise node (a
-    ``where`` on the weights costs four, measured 8 % of a (131072, 21) step), and lets
-    NaN through, so a NaN weight (a bad label in a graph) still poisons its position.
+    there the product with a weight of 0 would be NaN. Bounding the value just inside
+    float32's range first keeps that product 0 and lets NaN through, so a NaN weight (a
+    bad label in a graph) or a NaN logit still poisons its position. A value known to
+    be <= 0 (``value_sign=-1``) or >= 0 (``+1``) needs one bound, a scalar ``maximum`` or
+    ``minimum``: MXNet runs those on one thread at small sizes, where ``clip`` starts a
+    parallel region on every call, which costs tens of microseconds on a busy machine.
     """
-    return F.broadcast_mul(F.clip(value, -_CLIP_MAX, _CLIP_MAX), weight)
+    if value_sign < 0:
+        value = F.maximum(value, -_CLIP_MAX)
+    elif value_sign > 0:
+        value = F.minimum(value, _CLIP_MAX)
+    else:
+        value = F.clip(value, -_CLIP_MAX, _CLIP_MAX)
+    return F.broadcast_mul(value, weight)
 
 
 def _focal(F, value, log_one_minus_p, gamma):

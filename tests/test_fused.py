@@ -172,16 +172,18 @@ def test_float16_input_matches_float32():
 
 @needs_fused
 def test_large_nchw_batch_uses_threads_and_matches_graph():
-    """Big enough for the parallel loops (several blocks per thread) on both layouts."""
-    for shape, axis in [((2, 5, 60, 70), 1), ((9000, 7), -1)]:
+    """Big enough for the parallel loops (2**18 logits a thread, several blocks each) on
+    both layouts."""
+    for shape, axis in [((2, 5, 256, 256), 1), ((80000, 7), -1)]:
         pred, label, class_weight = random_case(shape, axis, seed=8)
         kwargs = dict(class_weight=class_weight, axis=axis, normalization="weight")
         (fused_value, fused_grad), (graph_value, graph_grad) = _both_paths(
             kwargs, pred, label, None, hybridize=True)
         expected = reference.softmax_ce(pred, label, **kwargs)
-        # float64 sums make the fused path the closer one: 4e-8 against the graph's 2e-6.
+        # float64 sums make the fused path the closer one: within 2e-7, where the graph's
+        # float32 sums over 131072 positions a sample are 2e-5 off.
         assert_close_to_float32(fused_value, expected, rtol=2e-7, atol=2e-7)
-        assert_close_to_float32(graph_value, expected, rtol=1e-5, atol=1e-5)
+        assert_close_to_float32(graph_value, expected, rtol=5e-5, atol=5e-5)
         np.testing.assert_allclose(fused_grad, graph_grad, rtol=1e-4,
                                    atol=1e-5 * np.abs(graph_grad).max())
 
