@@ -1,9 +1,11 @@
 """Forward+backward time and memory of WeightedSoftmaxCELoss against the usual alternatives.
 
 Every contender is hybridized where it can be and timed in the same process,
-interleaved round-robin so that machine noise hits all of them alike. Printed
-ratios are medians over the rounds, relative to gluon's unweighted
-SoftmaxCrossEntropyLoss. PyTorch's CPU ``cross_entropy`` joins when torch is
+interleaved round-robin so that machine noise hits all of them alike; each turn starts
+with discarded calls, so that every contender is timed warm, as in a training loop.
+Printed ratios are medians over the rounds, relative to gluon's unweighted
+SoftmaxCrossEntropyLoss; the graph is also compared with the loss as it was before the
+fused operator (bench/pre_fused_graph.py). PyTorch's CPU ``cross_entropy`` joins when torch is
 importable (the ``bench`` extra, in an environment of its own: see
 docs/benchmarks.md), with the same number of threads as MXNet's operators
 (``OMP_NUM_THREADS``, else MXNet's own choice). The peak extra memory of one
@@ -277,9 +279,11 @@ def main(argv=None):
     if torch is not None:
         torch.set_num_threads(torch_threads())
     rounds = 5 if args.quick else args.rounds
-    print("forward+backward, hybridized, median of %d interleaved rounds; ratio = time / %s;"
-          " %d threads (OMP_NUM_THREADS=%s), PyTorch %s" % (
-              rounds, BASELINE, torch_threads(), os.environ.get("OMP_NUM_THREADS", "unset"),
+    print("forward+backward, hybridized, median of %d interleaved rounds, each turn after "
+          "%d ms of discarded calls; ratio = time / %s; %d threads (OMP_NUM_THREADS=%s), "
+          "PyTorch %s" % (
+              rounds, TURN_WARMUP_SECONDS * 1e3, BASELINE, torch_threads(),
+              os.environ.get("OMP_NUM_THREADS", "unset"),
               torch.__version__ if torch is not None else "not installed"))
     print("peak MiB: resident memory added by the first forward+backward, in a fresh process")
     print("| shape | loss | ms | ratio | peak MiB |")
