@@ -517,10 +517,7 @@ class WeightedSoftmaxCELoss(SerializedFirstCall, Loss):
         if context.device_type != self._fused_device:
             self._choose_path(context)
         if self._active:
-            # What HybridBlock.forward does for a hybridized block, without reading every
-            # input's context twice more: _prepare has checked them.
-            with context:
-                return self._call_cached_op(pred, label, sample_weight)
+            return self._run_cached_graph(context, pred, label, sample_weight)
         return super().forward(pred, label, sample_weight)
 
     def _choose_path(self, context):
