@@ -159,7 +159,8 @@ class TorchStep:
 
     def __call__(self):
         start = time.perf_counter()
-        self.pred.grad = None  # a fresh gradient buffer per step, as MXNet writes one
+        # zero_grad(set_to_none=True): the backward allocates and writes a fresh buffer.
+        self.pred.grad = None
         loss = self.cross_entropy(self.pred, self.label, weight=self.weight,
                                   ignore_index=IGNORE)
         loss.backward()
@@ -195,7 +196,9 @@ def contenders(shape, axis, class_weight):
 
 
 def time_step(block, pred, label):
-    pred.attach_grad()
+    """Seconds of one forward + backward into ``pred``'s gradient buffer, which is
+    attached once and overwritten every step, as a training loop's are: attach_grad
+    fills a new buffer with zeros, a pass no training step makes."""
     start = time.perf_counter()
     with autograd.record():
         loss = block(pred, label)
@@ -206,6 +209,7 @@ def time_step(block, pred, label):
 
 def run_case(shape, axis, rounds, warmup=3, calls_per_turn=1):
     pred, label, class_weight = make_inputs(shape, axis)
+    pred.attach_grad()
     blocks = contenders(shape, axis, class_weight)
     calls = {name: functools.partial(time_step, block, pred, label)
              for name, block in blocks.items()}
@@ -242,6 +246,8 @@ def measure_peak_extra_mib(name, shape, axis):
     with open("/proc/self/clear_refs", "w") as clear_refs:
         clear_refs.write("5")  # resets VmHWM to the current resident size
     before = _status_kib("VmRSS")
+    if name != TORCH:
+        pred.attach_grad()  # the gradient buffer counts, as PyTorch's fresh one does
     step()
     mx.nd.waitall()
     return (_status_kib("VmHWM") - before) / 1024.0
