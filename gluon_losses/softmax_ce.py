@@ -146,9 +146,9 @@ def weighted_softmax_ce(F, pred, label, class_weight=None, sample_weight=None, a
                 log_one_minus_p = _log_one_minus_prob(
                     F, pred, target_log_prob, F.pick(pred, label, axis=axis), axis, False)
                 value = _focal(F, value, log_one_minus_p, gamma)
-        position_weight, keep = _sparse_position_weight(
+        position_weight = _sparse_position_weight(
             F, label, class_weight, pred, axis, ignore_label, normalization, sign)
-        positions, sign = label, 1.0
+        positions = label
     else:
         if class_weight is not None:
             class_weight = F.reshape(class_weight, shape=_class_axis_shape(axis, ndim))
@@ -165,13 +165,13 @@ def weighted_softmax_ce(F, pred, label, class_weight=None, sample_weight=None, a
             per_class = -_focal(F, -per_class, _log_one_minus_prob(F, pred, log_prob, pred,
                                                                    axis, True), gamma)
         value = -F.sum(per_class, axis=axis)
-        keep = position_weight = None
+        position_weight = None
         value_sign = 0  # targets of any sign
         # A label-side array shaped like the positions (pred without the class axis).
         positions = F.sum(F.slice_axis(label, axis=axis, begin=0, end=1), axis=axis)
     weight = _product(F, position_weight, sample_weight)
     if normalization == "weight" or (normalization != "none" and not sparse_label):
-        weight = _product(F, weight, _normalizer(F, normalization, keep, weight, positions))
+        weight = _product(F, weight, _normalizer(F, normalization, None, weight, positions))
     loss = value if weight is None else _weigh(F, value, weight, value_sign)
     if normalization == "none" or ndim == 2:
         return loss  # with 1-D labels every position is a sample
@@ -180,18 +180,18 @@ def weighted_softmax_ce(F, pred, label, class_weight=None, sample_weight=None, a
 
 def _sparse_position_weight(F, label, class_weight, pred, axis, ignore_label, normalization,
                             sign):
-    """``(weight, keep)`` for sparse labels: each position's class weight, 0 where ignored
-    and NaN for a bad label, times ``sign`` and, except for ``'weight'``, the normalizer.
+    """Each position's class weight for sparse labels, 0 where ignored and NaN for a bad
+    label, times ``sign`` and, except for ``'weight'``, the normalizer.
 
     Those two scalars multiply the (C,) weight table instead of the positions, and a
     negative ignore label gets a slot of 0 in the table instead of a mask, which leaves
-    as few per-position nodes as possible. ``keep`` is the 0/1 mask of positions that
-    are not ignored (None where ``ignore_label`` is None); a bad label may count either way,
-    as its position is NaN anyway.
+    as few per-position nodes as possible.
     """
     in_table = _table_ignores(ignore_label)
+    # The 0/1 mask of positions not ignored, built only where a mask zeroes them or
+    # 'valid' counts them; a bad label may count either way, as its position is NaN.
     keep = None
-    if ignore_label is not None:
+    if ignore_label is not None and (not in_table or normalization == "valid"):
         # On large arrays MXNet's ">" against a scalar takes about half the time of "!=".
         keep = label > ignore_label if in_table else label != ignore_label
     table, offset = _weight_table(F, class_weight, pred, axis,
@@ -207,7 +207,7 @@ def _sparse_position_weight(F, label, class_weight, pred, axis, ignore_label, no
     weight = F.take(table, _lookup_index(F, index, offset))
     if keep is not None and not in_table:
         weight = weight * keep
-    return weight, keep
+    return weight
 
 
 def _moves_class_axis(axis, ndim):
