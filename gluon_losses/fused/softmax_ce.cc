@@ -394,15 +394,19 @@ int thread_count(int64_t elements) {
 #endif
 }
 
-// Z of the chosen normalization, from the label-side sums.
-double normalizer(const Config& cfg, const Geometry& geo, double kept, double weight_total) {
+// B / Z, with Z the chosen normalization from the label-side sums: what each sample's
+// sum of position terms is multiplied by (before `scale`).
+double batch_over_normalizer(const Config& cfg, const Geometry& geo, double kept,
+                             double weight_total) {
+  double z = 1.0;
   switch (cfg.normalization) {
-    case kValid: return std::max(kept, 1.0);
-    case kBatch: return static_cast<double>(geo.positions);
+    case kValid: z = std::max(kept, 1.0); break;
+    case kBatch: z = static_cast<double>(geo.positions); break;
     // Magnitudes: a negative sample weight flips its position's sign, never shrinks Z.
-    case kWeight: return weight_total > 0 ? weight_total : 1.0;  // NaN > 0 is false, as in the graph
-    default: return 1.0;
+    case kWeight: z = weight_total > 0 ? weight_total : 1.0; break;  // NaN > 0 is false, as in the graph
+    default: break;
   }
+  return static_cast<double>(geo.batch) / z;
 }
 
 struct Inputs {
@@ -524,24 +528,27 @@ MXReturnValue forward(const std::unordered_map<std::string, std::string>& attrs,
       }
     }
     // The loop's end is a barrier: the totals are complete here.
-    if (!per_position && contiguous_samples) {
-      const double factor = static_cast<double>(geo.batch) /
-                            normalizer(cfg, geo, kept_total, weight_total) * cfg.scale;
-      const int64_t per_sample = geo.batch_stride;
+    if (!per_position) {
+      const double factor =
+          batch_over_normalizer(cfg, geo, kept_total, weight_total) * cfg.scale;
+      if (contiguous_samples) {
+        const int64_t per_sample = geo.batch_stride;
 #pragma omp for schedule(static)
-      for (int64_t s = 0; s < geo.batch; ++s) {
-        double total = 0;
-        for (int64_t p = s * per_sample; p < (s + 1) * per_sample; ++p) total += terms[p];
-        out[s] = static_cast<float>(total * factor);
+        for (int64_t s = 0; s < geo.batch; ++s) {
+          double total = 0;
+          for (int64_t p = s * per_sample; p < (s + 1) * per_sample; ++p) total += terms[p];
+          out[s] = static_cast<float>(total * factor);
+        }
+      } else {
+#pragma omp single
+        {
+          std::vector<double> totals(geo.batch, 0.0);
+          for (int64_t p = 0; p < geo.positions; ++p) totals[geo.sample_of(p)] += terms[p];
+          for (int64_t s = 0; s < geo.batch; ++s) out[s] = static_cast<float>(totals[s] * factor);
+        }
       }
     }
   }
-  if (per_position || contiguous_samples) return MX_SUCCESS;
-  const double factor = static_cast<double>(geo.batch) /
-                        normalizer(cfg, geo, kept_total, weight_total) * cfg.scale;
-  std::vector<double> totals(geo.batch, 0.0);
-  for (int64_t p = 0; p < geo.positions; ++p) totals[geo.sample_of(p)] += terms[p];
-  for (int64_t s = 0; s < geo.batch; ++s) out[s] = static_cast<float>(totals[s] * factor);
   return MX_SUCCESS;
 }
 
@@ -587,7 +594,7 @@ MXReturnValue backward(const std::unordered_map<std::string, std::string>& attrs
     }
     double factor = cfg.scale;
     if (!per_position) {
-      factor *= static_cast<double>(geo.batch) / normalizer(cfg, geo, kept_total, weight_total);
+      factor *= batch_over_normalizer(cfg, geo, kept_total, weight_total);
     }
 #pragma omp for schedule(static)
     for (int64_t b = 0; b < blocks; ++b) {
