@@ -12,6 +12,13 @@ $(STAMP): setup.cfg pyproject.toml
 	$(BIN)/python -m pip install -q -e '.[test,train]'
 	touch $(STAMP)
 
+# A venv with only what the package's install needs (mxnet, numpy): the deployment host
+# that the export tests load graphs in (tests/stock_mxnet.py makes it on first use too).
+.venv-stock/.installed:
+	$(PYTHON) -m venv .venv-stock
+	.venv-stock/bin/python -m pip install -q "mxnet==1.9.1" "numpy<1.24"
+	touch $@
+
 demo: $(STAMP)
 	$(BIN)/python -m examples.center_loss --out runs/demo
 
@@ -32,4 +39,4 @@ segment: $(STAMP)
 	$(BIN)/python -m examples.segmentation --out runs/segment
 
 clean:
-	rm -rf $(VENV) .venv-bench runs build *.egg-info
+	rm -rf $(VENV) .venv-bench .venv-stock runs build *.egg-info

@@ -5,6 +5,7 @@ import os
 import sys
 
 from loopback_cluster import run_python
+from stock_mxnet import run_stock_python
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 PACKAGE = os.path.join(ROOT, "gluon_losses")
@@ -79,3 +80,15 @@ def test_import_gluon_losses_loads_nothing_beyond_mxnet():
     assert "gluon_losses" in loaded
     assert not set(TRAINING_ONLY) & loaded
     assert loaded <= {"gluon_losses"} | set(sys.stdlib_module_names), loaded
+
+
+def test_stock_mxnet_venv_has_mxnet_but_not_the_package(tmp_path):
+    result = run_stock_python("""
+        import mxnet, numpy
+        try:
+            import gluon_losses
+        except ImportError:
+            print("absent", mxnet.__version__, numpy.__version__)
+    """, cwd=str(tmp_path))
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.split()[:2] == ["absent", "1.9.1"]
