@@ -310,3 +310,36 @@ def test_exported_fused_graph_loads_in_a_fresh_process(tmp_path):
     """ % (prefix + "-symbol.json", prefix + "-0000.params", str(tmp_path / "pred.npy"),
            str(tmp_path / "label.npy")))
     np.testing.assert_allclose(eval(output.strip().splitlines()[-1]), expected, rtol=1e-6)
+
+
+# --- the library's symbols -----------------------------------------------------------------
+
+@needs_fused
+def test_library_exports_only_the_loader_entry_points():
+    result = subprocess.run(["nm", "-D", "--defined-only", fused.library_path()],
+                            stdout=subprocess.PIPE, universal_newlines=True, check=True)
+    names = [line.split()[-1] for line in result.stdout.splitlines() if line.strip()]
+    assert "initialize" in names and "_opRegSize" in names and "_opCallFCompute" in names
+    assert [name for name in names if name != "initialize"
+            and not name.startswith(("_op", "_part", "_pass", "_msg"))] == []
+
+
+@needs_fused
+def test_libmxnet_loaded_globally_first_does_not_interpose(tmp_path):
+    """What ``import horovod.mxnet`` does before ``import gluon_losses``: libmxnet.so, whose
+    own mxnet::ext:: symbols were built with another string ABI, loaded with RTLD_GLOBAL.
+    Before the library hid its copies of them, this died with SIGFPE."""
+    pred, label, class_weight = random_case((4, 5), -1, seed=5)
+    expected = WeightedSoftmaxCELoss(class_weight, fused=False)(
+        mx.nd.array(pred), mx.nd.array(label)).asnumpy()
+    output = _run_python("""
+    import ctypes, importlib.util, os
+    spec = importlib.util.find_spec("mxnet")
+    ctypes.CDLL(os.path.join(os.path.dirname(spec.origin), "libmxnet.so"),
+                mode=ctypes.RTLD_GLOBAL)
+    import mxnet as mx
+    from gluon_losses import WeightedSoftmaxCELoss
+    loss = WeightedSoftmaxCELoss(%r, fused=True)
+    print(repr(loss(mx.nd.array(%r), mx.nd.array(%r)).asnumpy().tolist()))
+    """ % (class_weight.tolist(), pred.tolist(), label.tolist()))
+    np.testing.assert_allclose(eval(output.strip().splitlines()[-1]), expected, rtol=1e-5)

@@ -32,6 +32,8 @@ __all__ = ["OP_NAME", "available", "unavailable_reason", "softmax_ce", "library_
 
 OP_NAME = "gluon_losses_softmax_ce"
 SOURCE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "softmax_ce.cc")
+# The linker version script: the library exports MXNet's loader entry points only.
+EXPORTS = os.path.join(os.path.dirname(SOURCE), "exports.map")
 # Portable flags only: the hot loops carry their own AVX2 and AVX-512 clones, picked at
 # load time (see GL_MULTIVERSION in the source). -fno-trapping-math lets comparisons
 # be vectorised; NaN semantics are kept (no -ffast-math).
@@ -86,6 +88,8 @@ def library_path(compiler=None):
     key = hashlib.sha256()
     for part in (mx.__version__, sys.platform, " ".join(CXXFLAGS)):
         key.update(part.encode() + b"\0")
+    with open(EXPORTS, "rb") as handle:
+        key.update(handle.read())
     if compiler:
         real = os.path.realpath(compiler)
         stat = os.stat(real)
@@ -105,6 +109,7 @@ def _build(compiler, target):
     command = [compiler] + CXXFLAGS + [
         "-DGLUON_LOSSES_MXNET_VERSION=%d" % _mxnet_version_number(),
         "-I", os.path.join(mxnet_dir, "include"),
+        "-Wl,--version-script=" + EXPORTS,
         SOURCE, os.path.join(mxnet_dir, "src", "lib_api.cc"), "-o", partial]
     try:
         result = subprocess.run(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
