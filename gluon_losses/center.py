@@ -58,8 +58,8 @@ def center_loss(F, features, label, centers, center_counts, num_classes, feature
     ``centers`` ``(K, D)`` and ``center_counts`` ``(K, 1)``. Labels outside
     ``[0, num_classes)`` or not integers, that are not ``ignore_label``, give NaN.
 
-    Besides the value, the graph routes Eq. 4's statistics into gradients (with head
-    gradient 1 per sample; see :class:`CenterTrainer`): ``centers`` gets
+    Besides the value, the graph routes Eq. 4's statistics into gradients, whatever the
+    head gradient (see :class:`CenterTrainer`): ``centers`` gets
     :math:`\sum_{i: y_i=j} (c_j - x_i)` and ``center_counts`` gets :math:`n_j`, over
     the samples whose label is kept and whose features are finite. Being gradients,
     they add up over devices and workers like any other. ``sparse_grad`` picks their
@@ -88,19 +88,23 @@ def center_loss(F, features, label, centers, center_counts, num_classes, feature
     # zero gradient both ways, even when such a feature is NaN.
     diff = F.where(keep, features, fixed_center) - fixed_center
 
-    # Samples that feed the centers: kept, with finite features (a row sum times 0
-    # is NaN exactly when the row holds a NaN or Inf, or overflows).
-    use = keep * ((F.sum(diff, axis=1) * 0) == 0)
+    # Samples that feed the centers: kept, with every difference finite (x * 0 is NaN
+    # exactly where x is NaN or Inf). Tested per element, not on a row sum, so a finite
+    # row whose sum or squared norm overflows still moves its center.
+    use = keep * F.min((diff * 0) == 0, axis=1)
     if weight == 0:
         # Exact zeros even where the squared distance overflows (inf * 0 is NaN).
         value = F.zeros_like(use)
     else:
         value = F.sum(F.square(diff), axis=1) * (0.5 * weight)
     pull = F.where(use, diff, F.zeros_like(diff))
-    # Zero-valued carrier: d/dc = (c - x), d/dn = 1 per used sample.
+    # Zero-valued carrier: d/dc = (c - x), d/dn = 1 per used sample. make_loss's gradient
+    # is 1 whatever the head gradient, so the centers get Eq. 4's statistics however the
+    # output is reduced or scaled (L.mean(), 0.01 * L, ce + L), while the feature
+    # gradient, through `value`, follows the head gradient as any loss's does.
     carrier = (F.reshape(count, shape=(-1,)) * use
                - F.sum(center * F.BlockGrad(pull), axis=1))
-    value = value + (carrier - F.BlockGrad(carrier))
+    value = value + F.make_loss(carrier - F.BlockGrad(carrier))
     return poison_invalid(F, value, invalid)
 
 
@@ -136,15 +140,14 @@ class CenterLoss(SerializedFirstCall, Loss):
         with autograd.record():
             feats, logits = net(x)
             L = ce(logits, y) + loss(feats, y)
-        L.backward()                          # head gradient 1 per sample (Gluon default)
+        L.backward()                          # or L.mean().backward(), (0.01 * L).backward()
         trainer.step(batch_size)
         center_trainer.step(batch_size)
 
-    The backward pass must give each sample's loss a head gradient of 1, which is what
-    ``L.backward()`` on a per-sample loss (or on a sum of per-sample losses, or
-    ``autograd.backward`` on a list of them) does. Put :math:`\lambda` in ``weight``,
-    not as a factor outside, and do not call ``backward`` on ``L.mean()``: a head
-    gradient other than 1 scales the counts of Eq. 4.
+    The centers move by Eq. 4 however the output is reduced or scaled before
+    ``backward``: ``L.mean()``, ``0.01 * L``, ``ce + L`` or ``autograd.backward`` on a
+    list all give the same update, while the feature gradient follows the head
+    gradient as any loss's does.
 
     Parameters
     ----------

@@ -333,5 +333,5 @@ def center_loss(data, label, num_classes, feature_dim, alpha=0.5, weight=1.0, ig
     counts = mx.sym.sum(mx.sym.slice_axis(state, axis=2, begin=1, end=2), axis=1)
     value = _center_loss_graph(mx.sym, data, label, centers, counts, num_classes, feature_dim,
                                weight=weight, ignore_label=ignore_label, sparse_grad=False)
-    # 'null': a head gradient of 1 per sample, which Eq. 4's counts rely on.
+    # 'null': the feature gradient is lambda (x - c) per sample, as in the Gluon loss.
     return mx.sym.MakeLoss(value, normalization="null", name=name)
