@@ -11,6 +11,7 @@ from mxnet.gluon.loss import Loss
 
 from .checks import (as_ndarray, as_weight_vector, check_bool, check_choice, check_float,
                      check_ignore_label, check_labels, check_not_empty, check_shape, on_context)
+from .export import PortableExport
 from .first_call import SerializedFirstCall
 from .graph_ops import apply_scalar_weight, detached_label, ensure_on_context
 from . import fused
@@ -340,7 +341,7 @@ def _broadcasts(shape, target, same_ndim):
     return all(s in (1, t) for s, t in zip(shape[::-1], target[::-1]))
 
 
-class WeightedSoftmaxCELoss(SerializedFirstCall, Loss):
+class WeightedSoftmaxCELoss(PortableExport, SerializedFirstCall, Loss):
     r"""Softmax cross-entropy with class weights, an ignore label and a choice of normalization.
 
     For position :math:`i` with label :math:`y_i`, prediction :math:`z_i` and
@@ -534,7 +535,9 @@ class WeightedSoftmaxCELoss(SerializedFirstCall, Loss):
             why = None
         if self._fused_wanted and why is not None:
             raise ValueError("fused=True but the fused operator cannot run: %s" % why)
-        fused.log_path_once(why is None, why)
+        unrequested = why is not None and why == fused.unavailable_reason() and not (
+            fused.disabled_by_environment())
+        fused.log_path_once(why is None, why, unrequested)
         if self._use_fused != (why is None):
             self._clear_cached_op()  # a graph built for the other path
         self._use_fused = why is None

@@ -192,14 +192,24 @@ def unavailable_reason():
     return _state["reason"]
 
 
-def log_path_once(fused, why):
-    """The one log line per process and path saying which softmax CE implementation runs."""
+def log_path_once(fused, why, unrequested=False):
+    """The one log line per process and path saying which softmax CE implementation runs.
+
+    ``unrequested``: the graph runs because the operator could not (no compiler, a failed
+    build or load), not because the user or the mode chose it; that is a WARNING naming
+    the reason and the fix, since the two paths round differently and differ in speed.
+    """
     key = (fused, why)
     if key in _state["logged"]:
         return
     _state["logged"].add(key)
     if fused:
         _log.info("WeightedSoftmaxCELoss runs on the fused operator %s", OP_NAME)
+    elif unrequested:
+        _log.warning("WeightedSoftmaxCELoss runs on the MXNet-operator graph, not the fused "
+                     "operator: %s. To use the fused operator, make a C++ compiler with "
+                     "OpenMP available (CXX, or g++ on PATH) and run again; to choose the "
+                     "graph and silence this, pass fused=False or set %s=0", why, ENV_SWITCH)
     else:
         _log.info("WeightedSoftmaxCELoss runs on the MXNet-operator graph: %s", why)
 
