@@ -4,6 +4,8 @@ import configparser
 import os
 import sys
 
+import pytest
+
 from loopback_cluster import run_python
 from stock_mxnet import run_stock_python
 
@@ -92,3 +94,14 @@ def test_stock_mxnet_venv_has_mxnet_but_not_the_package(tmp_path):
     """, cwd=str(tmp_path))
     assert result.returncode == 0, result.stderr
     assert result.stdout.split()[:2] == ["absent", "1.9.1"]
+
+
+def test_the_install_built_the_fused_operator_where_a_compiler_exists():
+    from gluon_losses import fused
+    try:
+        fused._build.compiler()
+    except fused._build.BuildError as error:
+        pytest.skip("no compiler here, so the install could not build it: %s" % error)
+    if fused.disabled_by_environment():
+        pytest.skip("GLUON_LOSSES_FUSED=0")
+    assert fused.available(), fused.unavailable_reason()

@@ -1,25 +1,20 @@
-"""The fused softmax cross-entropy operator: built from source on first use, cached, loaded.
+"""The fused softmax cross-entropy operator: built when the package is installed, loaded here.
 
-``softmax_ce.cc`` beside this file is compiled against the installed MXNet's own
-``lib_api.h`` and ``lib_api.cc`` into a shared library that ``mx.library.load``
-registers as the operator ``gluon_losses_softmax_ce`` (through the C call behind
-``mx.library.load``, see :func:`_load`). The build is cached in
-``$GLUON_LOSSES_CACHE`` (default ``$XDG_CACHE_HOME/gluon_losses``, else
-``~/.cache/gluon_losses``) under a name keyed on the MXNet version, the compiler and
-the source, so it happens once per machine and environment.
+``softmax_ce.cc`` beside this file is compiled at install time (``setup.py`` runs
+:func:`gluon_losses.fused.build.build`) against the installed MXNet's own ``lib_api.h``
+and ``lib_api.cc`` into a library that ``mx.library.load`` registers as the operator
+``gluon_losses_softmax_ce`` (through the C call behind ``mx.library.load``, see
+:func:`_load`). Nothing compiles at run time: where the install had no compiler,
+``python -m gluon_losses.fused build`` builds it later.
 
-:func:`available` says whether the operator can run in this process (building and
-loading it on first call); :func:`softmax_ce` adds it to an ``mx.nd`` or ``mx.sym``
-graph. Nothing is built or loaded when ``GLUON_LOSSES_FUSED=0``.
+:func:`available` says whether the operator runs in this process; :func:`softmax_ce`
+adds it to an ``mx.nd`` or ``mx.sym`` graph. Nothing is loaded when
+``GLUON_LOSSES_FUSED=0``.
 """
 import ctypes
-import hashlib
+import json
 import logging
 import os
-import shutil
-import subprocess
-import sys
-import tempfile
 import threading
 
 import mxnet as mx
@@ -27,29 +22,23 @@ from mxnet.base import _LIB, OpHandle, c_str, check_call, mx_uint
 from mxnet.ndarray.register import _make_ndarray_function
 from mxnet.symbol.register import _make_symbol_function
 
+from . import build as _build
+
 __all__ = ["OP_NAME", "available", "unavailable_reason", "softmax_ce", "library_path",
-           "load_cached", "log_path_once"]
+           "load_cached", "log_path_once", "BUILD_COMMAND"]
 
 OP_NAME = "gluon_losses_softmax_ce"
-SOURCE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "softmax_ce.cc")
-# The linker version script: the library exports MXNet's loader entry points only.
-EXPORTS = os.path.join(os.path.dirname(SOURCE), "exports.map")
-# Portable flags only: the hot loops carry their own AVX2 and AVX-512 clones, picked at
-# load time (see GL_MULTIVERSION in the source). -fno-trapping-math lets comparisons
-# be vectorised; NaN semantics are kept (no -ffast-math).
-CXXFLAGS = ["-O3", "-std=c++17", "-fPIC", "-shared", "-fopenmp", "-fno-trapping-math",
-            "-fno-math-errno"]
 ENV_SWITCH = "GLUON_LOSSES_FUSED"
+# A library file to load instead of the installed one (a deployment host's copy).
+ENV_LIBRARY = "GLUON_LOSSES_LIBRARY"
+BUILD_COMMAND = "python -m gluon_losses.fused build"
 # Stored with every fused node, so an exported symbol JSON says what loading it needs.
-LIBRARY_NOTE = "gluon_losses: import gluon_losses to register this operator"
+LIBRARY_NOTE = ("gluon_losses: import gluon_losses, or mx.library.load the file "
+                "gluon_losses.fused.library_path() names, to register this operator")
 
 _log = logging.getLogger("gluon_losses")
 _lock = threading.Lock()
 _state = {"loaded": False, "reason": None, "logged": set()}
-
-
-def _mxnet_dir():
-    return os.path.dirname(os.path.abspath(mx.__file__))
 
 
 def disabled_by_environment():
@@ -57,71 +46,52 @@ def disabled_by_environment():
     return os.environ.get(ENV_SWITCH, "1").strip().lower() in ("0", "false", "no", "off")
 
 
-def _cache_dir():
-    root = os.environ.get("GLUON_LOSSES_CACHE")
-    if not root:
-        base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
-        root = os.path.join(base, "gluon_losses")
-    return root
+def user_build_dir():
+    """Where ``python -m gluon_losses.fused build`` writes when the package's folder is
+    read-only: ``$XDG_CACHE_HOME/gluon_losses``, else ``~/.cache/gluon_losses``."""
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return os.path.join(base, "gluon_losses")
 
 
-def _compiler():
-    """The C++ compiler: ``$CXX`` if set, else ``c++`` or ``g++`` on PATH; None if none."""
-    name = os.environ.get("CXX") or shutil.which("c++") or shutil.which("g++")
-    if not name:
-        return None
-    return shutil.which(name) or (name if os.path.isfile(name) else None)
+def library_path():
+    """The library this process loads: ``$GLUON_LOSSES_LIBRARY`` if set; else the one the
+    install built beside this file; else one ``python -m gluon_losses.fused build`` wrote
+    to :func:`user_build_dir`; of those, the first that :func:`library_problem` accepts.
+    Returns the package's own path when none exists."""
+    given = os.environ.get(ENV_LIBRARY)
+    if given:
+        return os.path.abspath(given)
+    candidates = [os.path.join(folder, _build.LIBRARY_NAME)
+                  for folder in (_build.HERE, user_build_dir())]
+    existing = [path for path in candidates if os.path.exists(path)]
+    usable = [path for path in existing if library_problem(path) is None]
+    return (usable or existing or candidates)[0]
 
 
-def _mxnet_version_number():
-    major, minor, patch = (int(part) for part in mx.__version__.split(".")[:3])
-    return major * 10000 + minor * 100 + patch
+def library_problem(path):
+    """Why the library at ``path`` must not be loaded into this process, or None.
 
-
-def library_path(compiler=None):
-    """Where the library for this MXNet, compiler and source lives in the cache.
-
-    The compiler enters the key by its resolved path, size and modification time, so
-    an upgraded compiler rebuilds without running it to ask for its version.
+    Its stamp must name this MXNet's version (lib_api's structures change between
+    releases) and, where this package's source is present, the hash of that source: a
+    library built from other code would compute another loss.
     """
-    compiler = compiler or _compiler()
-    key = hashlib.sha256()
-    for part in (mx.__version__, sys.platform, " ".join(CXXFLAGS)):
-        key.update(part.encode() + b"\0")
-    with open(EXPORTS, "rb") as handle:
-        key.update(handle.read())
-    if compiler:
-        real = os.path.realpath(compiler)
-        stat = os.stat(real)
-        key.update(("%s|%d|%d" % (real, stat.st_size, int(stat.st_mtime))).encode())
-    with open(SOURCE, "rb") as handle:
-        key.update(handle.read())
-    name = "softmax_ce-mxnet%s-%s.so" % (mx.__version__, key.hexdigest()[:16])
-    return os.path.join(_cache_dir(), name)
-
-
-def _build(compiler, target):
-    """Compile into a temporary file beside ``target``, then move it in place atomically."""
-    mxnet_dir = _mxnet_dir()
-    os.makedirs(os.path.dirname(target), exist_ok=True)
-    handle, partial = tempfile.mkstemp(suffix=".so", dir=os.path.dirname(target))
-    os.close(handle)
-    command = [compiler] + CXXFLAGS + [
-        "-DGLUON_LOSSES_MXNET_VERSION=%d" % _mxnet_version_number(),
-        "-I", os.path.join(mxnet_dir, "include"),
-        "-Wl,--version-script=" + EXPORTS,
-        SOURCE, os.path.join(mxnet_dir, "src", "lib_api.cc"), "-o", partial]
+    fix = "build it with: %s" % BUILD_COMMAND
+    if not os.path.exists(path):
+        return ("no fused operator library at %s (it is built when the package is "
+                "installed, which needs a C++ compiler with OpenMP); %s" % (path, fix))
     try:
-        result = subprocess.run(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                                universal_newlines=True)
-        if result.returncode != 0:
-            raise RuntimeError("%s failed (exit %d): %s" % (
-                os.path.basename(compiler), result.returncode, result.stdout.strip()[-2000:]))
-        os.chmod(partial, 0o755)
-        os.replace(partial, target)
-    finally:
-        if os.path.exists(partial):
-            os.remove(partial)
+        with open(_build.stamp_path(path)) as handle:
+            stamp = json.load(handle)
+    except (OSError, ValueError):
+        return "the library %s has no readable build stamp %s; %s" % (
+            path, _build.stamp_path(path), fix)
+    if stamp.get("mxnet") != mx.__version__:
+        return ("the library %s was built against MXNet %s, but this is MXNet %s; %s"
+                % (path, stamp.get("mxnet"), mx.__version__, fix))
+    if os.path.exists(_build.SOURCE) and stamp.get("source") != _build.source_hash():
+        return ("the library %s was built from other sources than this package's "
+                "softmax_ce.cc; %s" % (path, fix))
+    return None
 
 
 def _load(path):
@@ -143,27 +113,8 @@ def _load(path):
     _state["loaded"] = True
 
 
-def load_cached():
-    """Load an already built library, without compiling; what ``import gluon_losses`` does.
-
-    A graph exported with the fused operator then loads in a fresh process that imported
-    the package. Returns whether the operator is registered.
-    """
-    with _lock:
-        if _state["loaded"] or _state["reason"] is not None or disabled_by_environment():
-            return _state["loaded"]
-        compiler = _compiler()
-        try:
-            path = library_path(compiler)
-            if os.path.exists(path):
-                _load(path)
-        except (OSError, mx.base.MXNetError) as error:
-            _state["reason"] = "the cached library did not load: %s" % error
-        return _state["loaded"]
-
-
 def available():
-    """Whether the fused operator runs in this process; builds and loads it on first call."""
+    """Whether the fused operator runs in this process; loads the library on first call."""
     if _state["loaded"]:
         return True
     with _lock:
@@ -172,19 +123,20 @@ def available():
         if disabled_by_environment():
             _state["reason"] = "%s=%s" % (ENV_SWITCH, os.environ.get(ENV_SWITCH))
             return False
-        compiler = _compiler()
-        if compiler is None:
-            _state["reason"] = "no C++ compiler (CXX=%r, and no c++ or g++ on PATH)" % (
-                os.environ.get("CXX"),)
-            return False
-        try:
-            path = library_path(compiler)
-            if not os.path.exists(path):
-                _build(compiler, path)
-            _load(path)
-        except (OSError, RuntimeError, mx.base.MXNetError) as error:
-            _state["reason"] = "the operator library could not be built or loaded: %s" % error
+        path = library_path()
+        _state["reason"] = library_problem(path)
+        if _state["reason"] is None:
+            try:
+                _load(path)
+            except (OSError, mx.base.MXNetError) as error:
+                _state["reason"] = "the library %s did not load: %s; %s" % (
+                    path, error, "rebuild it with: %s" % BUILD_COMMAND)
         return _state["loaded"]
+
+
+# Loading at import registers the operator, so a graph exported with it loads in a
+# fresh process after ``import gluon_losses``; it never compiles.
+load_cached = available
 
 
 def unavailable_reason():
@@ -207,9 +159,8 @@ def log_path_once(fused, why, unrequested=False):
         _log.info("WeightedSoftmaxCELoss runs on the fused operator %s", OP_NAME)
     elif unrequested:
         _log.warning("WeightedSoftmaxCELoss runs on the MXNet-operator graph, not the fused "
-                     "operator: %s. To use the fused operator, make a C++ compiler with "
-                     "OpenMP available (CXX, or g++ on PATH) and run again; to choose the "
-                     "graph and silence this, pass fused=False or set %s=0", why, ENV_SWITCH)
+                     "operator: %s. To choose the graph and silence this, pass fused=False "
+                     "or set %s=0", why, ENV_SWITCH)
     else:
         _log.info("WeightedSoftmaxCELoss runs on the MXNet-operator graph: %s", why)
 
@@ -238,6 +189,4 @@ def softmax_ce(F, pred, label, class_weight=None, sample_weight=None, axis=-1, i
         sample_weight=int(sample_weight is not None), library=LIBRARY_NOTE)
 
 
-# Registers an already built operator at import, so that an exported graph naming it
-# loads in a fresh process after ``import gluon_losses``. Never compiles here.
-load_cached()
+available()
