@@ -10,7 +10,7 @@ import numpy as np
 import mxnet as mx
 from mxnet.gluon.loss import Loss
 
-from .checks import check_float
+from .checks import check_float, on_context
 from .graph_ops import apply_scalar_weight
 from .softmax_ce import WeightedSoftmaxCELoss
 
@@ -46,16 +46,18 @@ class MixWeightedSoftmaxCELoss(WeightedSoftmaxCELoss):
 
     Parameters
     ----------
-    class_weight : list, ndarray, NDArray or None, default None
-        Length-C non-negative class weights (see :class:`WeightedSoftmaxCELoss`),
-        applied to both heads.
     aux : bool, default True
         Whether the call carries an auxiliary head's prediction.
     aux_weight : float >= 0, default 0.2
         :math:`\lambda`.
     ignore_label : int or None, default -1
         Void label. GluonCV's segmentation datasets turn the 255 of the mask files
-        into -1.
+        into -1. ``aux`` is the only positional argument, so
+        ``MixWeightedSoftmaxCELoss(args.aux, aux_weight=args.aux_weight)`` works as in
+        GluonCV's ``train.py``; every other argument is keyword-only.
+    class_weight : list, ndarray, NDArray or None, default None
+        Length-C non-negative class weights (see :class:`WeightedSoftmaxCELoss`),
+        applied to both heads.
     normalization : {'batch', 'valid', 'weight', 'null', 'none'}, default 'batch'
         The divisor of each term, see :class:`WeightedSoftmaxCELoss`.
     axis : int, default 1
@@ -75,16 +77,21 @@ class MixWeightedSoftmaxCELoss(WeightedSoftmaxCELoss):
     - **loss**: ``(B,)``; with ``normalization='none'``, the label's shape.
     """
 
-    def __init__(self, class_weight=None, aux=True, aux_weight=0.2, ignore_label=-1,
+    def __init__(self, aux=True, *, aux_weight=0.2, ignore_label=-1, class_weight=None,
                  normalization="batch", axis=1, from_logits=False, label_smoothing=0.0,
                  gamma=0.0, weight=None, batch_axis=0, **kwargs):
+        # GluonCV's scripts call MixSoftmaxCrossEntropyLoss(args.aux, aux_weight=...,
+        # ignore_label=...): aux is the one positional argument. GluonCV's second positional
+        # is mixup, which this loss lacks, so everything after aux is keyword-only.
+        if not isinstance(aux, (bool, np.bool_)):
+            raise ValueError("aux must be True or False, got %r (the arguments are GluonCV's: "
+                             "aux, then aux_weight=..., ignore_label=... by keyword; pass class weights by keyword, "
+                             "class_weight=...)" % (aux,))
         super().__init__(class_weight=class_weight, axis=axis, sparse_label=True,
                          from_logits=from_logits, ignore_label=ignore_label,
                          normalization=normalization, label_smoothing=label_smoothing,
                          gamma=gamma, weight=weight, batch_axis=batch_axis, fused=False,
                          **kwargs)
-        if not isinstance(aux, (bool, np.bool_)):
-            raise ValueError("aux must be True or False, got %r" % (aux,))
         self._aux = bool(aux)
         self._aux_weight = check_float("aux_weight", aux_weight, low=0.0)
 
@@ -104,11 +111,11 @@ class MixWeightedSoftmaxCELoss(WeightedSoftmaxCELoss):
                              % (type(self).__name__, self._aux, ", ".join(expected),
                                 len(inputs)))
         preds, label = list(inputs[:-1]), inputs[-1]
-        if isinstance(preds[0], mx.nd.NDArray):
+        if not isinstance(preds[0], mx.sym.Symbol):
+            preds[0], label, _, context = self._prepare(preds[0], label, None)
             main_shape = preds[0].shape
-            preds[0], label, _, _ = self._prepare(preds[0], label, None)
             if self._aux:
-                aux_pred = preds[1]
+                aux_pred = on_context("aux_pred", preds[1], context)
                 if aux_pred.shape != main_shape:
                     raise ValueError("aux_pred has shape %s but pred has shape %s; both heads "
                                      "are scored against one label" % (aux_pred.shape,

@@ -180,3 +180,39 @@ def test_ignore_label_255_on_gluoncv_masks_is_nan_when_hybridized():
     assert np.isnan(out).all()
     # and the right setting on the same labels is finite
     assert np.isfinite(_run(MixWeightedSoftmaxCELoss(), pred, aux_pred, label)[0]).all()
+
+
+def test_gluoncv_train_py_call_drops_in():
+    """GluonCV's segmentation train.py: MixSoftmaxCrossEntropyLoss(args.aux,
+    aux_weight=args.aux_weight), positional aux first; the same call builds ours."""
+    pred, aux_pred, label = _segmentation_batch(2)
+    from gluoncv.loss import MixSoftmaxCrossEntropyLoss
+    for aux, kwargs in ((True, {}), (True, {"aux_weight": 0.5}),
+                        (True, {"aux_weight": 0.5, "ignore_label": -1}), (False, {})):
+        ours = MixWeightedSoftmaxCELoss(aux, **kwargs)
+        theirs = MixSoftmaxCrossEntropyLoss(aux, **kwargs)
+        inputs = (pred, aux_pred, label) if aux else (pred, label)
+        np.testing.assert_allclose(_run(ours, *inputs)[0], _run(theirs, *inputs)[0], rtol=1e-5)
+    ours = MixWeightedSoftmaxCELoss(True, aux_weight=0.5, class_weight=WEIGHTS)
+    assert ours.aux and ours.aux_weight == 0.5 and ours.num_classes == C
+    with pytest.raises(TypeError):  # GluonCV's second positional is mixup: not silently taken
+        MixWeightedSoftmaxCELoss(True, False)
+    with pytest.raises(ValueError, match=r"aux must be True or False, got \[1, 2\] .*pass "
+                                         r"class weights by keyword, class_weight="):
+        MixWeightedSoftmaxCELoss([1, 2])
+
+
+def test_numpy_heads_equal_ndarray_heads():
+    pred, aux_pred, label = _segmentation_batch(3)
+    loss = MixWeightedSoftmaxCELoss(class_weight=WEIGHTS)
+    expected = loss(mx.nd.array(pred), mx.nd.array(aux_pred), mx.nd.array(label)).asnumpy()
+    np.testing.assert_array_equal(loss(pred, aux_pred, label).asnumpy(), expected)
+    np.testing.assert_array_equal(loss(mx.nd.array(pred), aux_pred.tolist(), label).asnumpy(),
+                                  expected)
+
+
+def test_aux_pred_on_another_context_is_refused():
+    pred, aux_pred, label = _segmentation_batch(4)
+    with pytest.raises(ValueError, match=r"aux_pred is on cpu\(1\) but pred is on cpu\(0\)"):
+        MixWeightedSoftmaxCELoss()(mx.nd.array(pred, ctx=mx.cpu(0)),
+                                   mx.nd.array(aux_pred, ctx=mx.cpu(1)), mx.nd.array(label))
