@@ -6,6 +6,7 @@ in ``test_horovod_import_order.py``. Skipped, naming the failed step, where Horo
 cannot be installed (``make horovod``).
 """
 import os
+import re
 
 import numpy as np
 import pytest
@@ -16,7 +17,7 @@ from gluon_losses import WeightedSoftmaxCELoss
 
 import dist_center_worker
 import horovod_worker as worker
-from horovod_cluster import run_worker, skip_unless_horovod
+from horovod_cluster import rank_lines, run_horovod, run_worker, skip_unless_horovod
 from loopback_cluster import run_dist_sync, skip_unless_dist
 from reference import eq4_reference
 
@@ -88,3 +89,16 @@ def test_dist_sync_and_horovod_give_the_same_centers(graph_run, tmp_path):
         dist = np.load(str(tmp_path / ("centers_rank0_step%d.npy" % step)))
         np.testing.assert_allclose(centers(graph_run, "dist_center", 0, step), dist,
                                    rtol=1e-6, atol=1e-7)
+
+
+def test_the_horovod_block_of_distributed_md_runs_on_two_ranks(tmp_path):
+    with open(os.path.join(ROOT, "docs", "distributed.md"), encoding="utf-8") as handle:
+        blocks = re.findall(r"^```py\n(.*?)^```$", handle.read(), re.MULTILINE | re.DOTALL)
+    assert len(blocks) == 1 and "horovod_allreduce()" in blocks[0]
+    script = tmp_path / "train.py"
+    script.write_text(blocks[0])
+    returncode, output = run_horovod([str(script)], cwd=str(tmp_path),
+                                     env={"GLUON_LOSSES_FUSED": "0"})
+    assert returncode == 0, output[-5000:]
+    for rank in (0, 1):
+        assert "rank %d of 2: centers identical" % rank in "".join(rank_lines(output, rank))
