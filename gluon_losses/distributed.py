@@ -44,10 +44,25 @@ import sys
 import threading
 import time
 
-__all__ = ["StallWatchdog", "STALL_EXIT_CODE"]
+__all__ = ["StallWatchdog", "STALL_EXIT_CODE", "horovod_allreduce"]
 
 # EX_TEMPFAIL from sysexits.h: a temporary failure, the job can be relaunched.
 STALL_EXIT_CODE = 75
+
+
+def horovod_allreduce():
+    """The ``allreduce`` of :meth:`CenterLoss.trainer` under Horovod: sums an NDArray
+    over every rank in place (``hvd.allreduce_(array, op=hvd.Sum)``).
+
+    Horovod is imported here, not with the package, which needs only MXNet; call
+    ``hvd.init()`` first. With one rank the sum leaves the array as it is.
+    """
+    import horovod.mxnet as hvd
+
+    def allreduce(array):
+        hvd.allreduce_(array, op=hvd.Sum)
+
+    return allreduce
 
 
 class StallWatchdog:
