@@ -24,7 +24,7 @@ import uuid
 import numpy as np
 import mxnet as mx
 
-from gluon_losses import class_weights
+from gluon_losses import class_weights, fused
 
 CHECKPOINTS = "checkpoints"          # OUT/checkpoints/
 RESULTS = "results.json"             # OUT/results.json
@@ -329,6 +329,13 @@ def write_json(path, obj):
         with open(tmp, "w") as handle:
             json.dump(obj, handle, indent=2, sort_keys=True)
     atomic_write(path, write)
+
+
+def write_results(out, results):
+    """Add which softmax CE implementation ran to ``results`` (``softmax_ce_paths``: the
+    fused operator and the graph round differently) and write it to ``OUT/results.json``."""
+    results["softmax_ce_paths"] = fused.paths_taken()
+    write_json(os.path.join(out, RESULTS), results)
 
 
 def read_json(path):

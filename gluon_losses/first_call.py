@@ -8,6 +8,15 @@ stored on the block, not per thread: two threads building at once leave that sta
 '__exit__'`` from ``block.name_scope``). A loss's constant parameters, copied to a
 new context on first use, race the same way. Both steps run once per block (per
 context), so they take a lock; later calls do not touch it.
+
+Threads that share one context race on every call, not only the first: MXNet records
+each input's autograd entry on the NDArray itself, so two threads recording an op on
+the same parameter array (the class weights) corrupt the heap ("double free or
+corruption"), in backward as well. So each call passes the parameters as handles of its
+own (``detach()``, which shares the memory), and a block's calls on one context take
+that context's lock (:meth:`SerializedFirstCall._calls_on`), since a CachedOp with static
+memory is not re-entrant; threads on different contexts, GluonCV's ``Parallel``
+pattern, never wait for each other.
 """
 import threading
 
@@ -25,6 +34,17 @@ class SerializedFirstCall:
     Put it before the block's base class (``class MyLoss(SerializedFirstCall, Loss)``).
     """
 
+    def _calls_on(self, context):
+        """The lock held by this block's calls on ``context``."""
+        key = (context.device_typeid, context.device_id)
+        locks = getattr(self, "_context_locks", None)
+        if locks is None or key not in locks:
+            with SETUP_LOCK:
+                locks = getattr(self, "_context_locks", None) or {}
+                locks.setdefault(key, threading.Lock())
+                self._context_locks = locks
+        return locks[key]
+
     def _call_cached_op(self, *args):
         if self._cached_op is None:
             with SETUP_LOCK:
@@ -41,10 +61,16 @@ class SerializedFirstCall:
         gather their contexts and structure: the caller has checked that every array is
         on ``context`` and that the same arguments are None as when the graph was built.
         At small sizes that pass costs as much as some graphs."""
-        if self._cached_op is None or self._callback:
+        if self._callback:  # a monitor: MXNet's own path calls it
             with context:
                 return self._call_cached_op(*args)
+        if self._cached_op is None:
+            with context, SETUP_LOCK:
+                if self._cached_op is None:
+                    self._build_cache(*args)
         present = [arg for arg in args if arg is not None]
-        out = self._cached_op(*[present[i] if is_arg else i.data(context)
+        # detach(): a handle of its own per call, so that threads recording on the same
+        # parameter array never share its autograd entry (see the module docstring).
+        out = self._cached_op(*[present[i] if is_arg else i.data(context).detach()
                                 for is_arg, i in self._cached_op_args])
         return out if isinstance(out, NDArray) else _regroup(out, self._out_format)

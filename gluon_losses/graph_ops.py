@@ -6,6 +6,10 @@ NaN-guarded weight lookup), which the first logged loss value shows.
 """
 from .first_call import SETUP_LOCK
 
+# Inside float32's range with room to spare: clip's bounds go through a double, and at
+# exactly float32's largest value MXNet 1.9's clip lets inf through.
+CLIP_MAX = 3.4e38
+
 
 def detached_label(F, label):
     """``label`` cut from autograd.
@@ -28,14 +32,16 @@ def poison_invalid(F, loss, invalid):
     return F.broadcast_add(loss, F.BlockGrad(F.sqrt(-invalid)))
 
 
-def apply_scalar_weight(loss, weight):
+def apply_scalar_weight(F, loss, weight):
     """Multiply by the loss's global ``weight`` unless it is 1 (saves a graph node).
 
-    ``weight=0`` gives exact zeros (and a zero gradient) even where ``loss`` is inf,
-    where a product would give NaN.
+    ``weight=0`` gives exact zeros and a zero gradient even where ``loss`` is inf (whose
+    product with 0 is NaN): the loss is bounded inside float32's range first. A NaN (a
+    bad label) stays NaN. The zeros stay connected to ``loss``: an unconnected
+    ``zeros_like`` crashes MXNet's imperative backward.
     """
     if weight == 0:
-        return loss.zeros_like()
+        return F.clip(loss, -CLIP_MAX, CLIP_MAX) * 0.0
     return loss if weight == 1.0 else loss * weight
 
 

@@ -122,7 +122,9 @@ class MixWeightedSoftmaxCELoss(WeightedSoftmaxCELoss):
                                                                         main_shape))
                 preds[1] = aux_pred if aux_pred.dtype == np.float32 else aux_pred.astype(
                     np.float32)
-        # The parent's forward takes (pred, label, sample_weight); the block's takes any.
+            with self._calls_on(context):
+                # The parent's forward takes (pred, label, sample_weight); the block's any.
+                return Loss.forward(self, *preds, label)
         return Loss.forward(self, *preds, label)
 
     def hybrid_forward(self, F, *inputs, class_weight=None):
@@ -131,7 +133,7 @@ class MixWeightedSoftmaxCELoss(WeightedSoftmaxCELoss):
         if len(preds) > 1:
             loss = loss + self._scaled_loss(F, preds[1], label, None, class_weight,
                                             self._aux_weight)
-        return apply_scalar_weight(loss, self._weight)
+        return apply_scalar_weight(F, loss, self._weight)
 
     def __repr__(self):
         return ("{name}(num_classes={nc}, aux={aux}, aux_weight={aw}, ignore_label={ig}, "

@@ -13,7 +13,7 @@ from .checks import (as_ndarray, as_weight_vector, check_bool, check_choice, che
                      check_ignore_label, check_labels, check_not_empty, check_shape, on_context)
 from .export import PortableExport
 from .first_call import SerializedFirstCall
-from .graph_ops import apply_scalar_weight, detached_label, ensure_on_context
+from .graph_ops import CLIP_MAX, apply_scalar_weight, detached_label, ensure_on_context
 from . import fused
 
 __all__ = ["WeightedSoftmaxCELoss", "weighted_softmax_ce", "NORMALIZATIONS"]
@@ -26,11 +26,7 @@ _FLOAT32_MAX = float(np.finfo(np.float32).max)
 # 5e-29 lose precision, far below what the loss resolves.
 _MEAN_SCALE = 2.0 ** -32
 _LOG_HALF = float(np.log(0.5))
-_FLOAT32_TINY = float(np.finfo(np.float32).tiny)
-_LOG_TWO = float(np.log(2.0))
-# Inside float32's range with room to spare: clip's bounds go through a double, and at
-# exactly float32's largest value MXNet 1.9's clip lets inf through.
-_CLIP_MAX = 3.4e38
+_LOG_THREE_QUARTERS = float(np.log(0.75))
 # Input shape combinations whose checks _prepare keeps; past this many (shapes that never
 # repeat) it starts over instead of growing.
 _MAX_SHAPE_PLANS = 64
@@ -103,14 +99,15 @@ def _sum_all(F, values, mask=None):
 def weighted_softmax_ce(F, pred, label, class_weight=None, sample_weight=None, axis=-1,
                         sparse_label=True, from_logits=False, ignore_label=-1,
                         normalization="valid", label_smoothing=0.0, gamma=0.0, batch_axis=0,
-                        ndim=None):
+                        ndim=None, num_classes=None):
     r"""Weighted softmax cross-entropy for ``F`` in (``mx.nd``, ``mx.sym``).
 
     See :class:`WeightedSoftmaxCELoss` for the math and the meaning of every
     argument. ``pred`` and ``label`` are float32; ``class_weight`` is a ``(C,)``
     array or None. ``ndim`` is ``pred.ndim`` when known: it lets 1-D labels skip a
     per-sample reduction, and dense labels with class weights need it to lay the
-    weights along a non-negative ``axis``.
+    weights along a non-negative ``axis``. ``num_classes`` is C when known: with one
+    class the loss is exactly 0.
 
     Returns ``(batch,)`` for every normalization but ``'none'``, which returns the
     per-position losses (shaped like ``label``; for dense labels, ``pred`` without
@@ -121,7 +118,14 @@ def weighted_softmax_ce(F, pred, label, class_weight=None, sample_weight=None, a
         # by log_softmax along the last axis; the label's positions keep their order.
         pred = F.transpose(pred, axes=[d for d in range(ndim) if d != axis % ndim] + [axis % ndim])
         axis = -1
-    log_prob = pred if from_logits else F.log_softmax(pred, axis=axis)
+    if from_logits:
+        log_prob = pred
+    elif num_classes == 1:
+        # One class has probability 1; MXNet's log_softmax gives 1.4e-6 for it, a
+        # negative loss with a gradient. pred - pred is exactly 0, with gradient 0.
+        log_prob = pred - pred
+    else:
+        log_prob = F.log_softmax(pred, axis=axis)
     label = detached_label(F, label)
     if class_weight is not None:
         # Constants in every graph: run by Module or a SymbolBlock, the weights would
@@ -141,8 +145,8 @@ def weighted_softmax_ce(F, pred, label, class_weight=None, sample_weight=None, a
             value_sign = 1  # cross-entropy against a distribution, focal or not
             value = -target_log_prob
             if label_smoothing > 0:
-                value = (1 - label_smoothing) * value - label_smoothing * _class_mean(
-                    F, log_prob, axis)
+                value = (1 - label_smoothing) * value - label_smoothing * _safe_mean(
+                    F, log_prob, axis=axis)
             if gamma > 0:
                 log_one_minus_p = _log_one_minus_prob(
                     F, pred, target_log_prob, F.pick(pred, label, axis=axis), axis, False)
@@ -176,7 +180,7 @@ def weighted_softmax_ce(F, pred, label, class_weight=None, sample_weight=None, a
     loss = value if weight is None else _weigh(F, value, weight, value_sign)
     if normalization == "none" or ndim == 2:
         return loss  # with 1-D labels every position is a sample
-    return F.mean(loss, axis=batch_axis, exclude=True)
+    return _safe_mean(F, loss, axis=batch_axis, exclude=True)
 
 
 def _sparse_position_weight(F, label, class_weight, pred, axis, ignore_label, normalization,
@@ -227,9 +231,10 @@ def _lookup_index(F, label, offset):
     return F.broadcast_add(index, fractional * 2.0 ** 30)
 
 
-def _class_mean(F, log_prob, axis):
-    """Mean of ``log_prob`` over ``axis`` without overflowing the intermediate sum."""
-    return F.mean(log_prob * _MEAN_SCALE, axis=axis) * (1 / _MEAN_SCALE)
+def _safe_mean(F, values, **axes):
+    """``F.mean(values, **axes)`` without overflowing the intermediate sum (exact scaling
+    by a power of two), so a mean of losses near float32's largest value stays finite."""
+    return F.mean(values * _MEAN_SCALE, **axes) * (1 / _MEAN_SCALE)
 
 
 def _weigh(F, value, weight, value_sign=0):
@@ -244,31 +249,32 @@ def _weigh(F, value, weight, value_sign=0):
     parallel region on every call, which costs tens of microseconds on a busy machine.
     """
     if value_sign < 0:
-        value = F.maximum(value, -_CLIP_MAX)
+        value = F.maximum(value, -CLIP_MAX)
     elif value_sign > 0:
-        value = F.minimum(value, _CLIP_MAX)
+        value = F.minimum(value, CLIP_MAX)
     else:
-        value = F.clip(value, -_CLIP_MAX, _CLIP_MAX)
+        value = F.clip(value, -CLIP_MAX, CLIP_MAX)
     return F.broadcast_mul(value, weight)
 
 
 def _focal(F, value, log_one_minus_p, gamma):
-    r""":math:`(1 - p)^\gamma \cdot` ``value`` for ``value >= 0``, formed in the log domain.
+    r""":math:`(1 - p)^\gamma \cdot` ``value`` for ``value >= 0``; 0 where ``value <= 0``.
 
-    As one exponential, :math:`\exp(\gamma \log(1-p) + \log v)`, the product's
-    gradient forms no intermediate larger than gamma times the result: as a product of two
-    factors, the gradient of the factor is ``value`` times the head gradient, which
-    overflows for huge logits even where the loss is finite. ``value`` is capped at
-    float32's largest number (it is infinite only where the logits spread wider than
-    float32's range) and floored at its smallest normal one, so both logarithms and
-    their gradients stay finite; a ``value`` of 0 (or the rounding error of a
-    log-probability just above 0) gives exactly 0.
+    With :math:`f = (1-p)^\gamma`, the gradient is :math:`f\,dv + v\,df`, and
+    :math:`v\,df = \gamma\,v f\,d\log(1-p)`: formed in that order, :math:`\gamma v f`
+    overflows once the loss passes float32's largest number over gamma (logits near
+    3e38), and times a :math:`d\log(1-p)` of 0 gives NaN. So the term is formed as
+    ``stop(f) * v + (f * stop(v') - stop(f * v'))``: the value is exactly :math:`f v` (the
+    bracket is a number minus itself), and the gradient is :math:`f\,dv + v'\,df` with
+    :math:`v'` equal to :math:`v` below float32's largest number over :math:`2\gamma` and
+    capped there, which changes only gradients of losses above about 1e38. ``value`` is
+    capped at float32's largest number (it is infinite only where the logits spread wider
+    than float32's range).
     """
-    # minimum/maximum, not clip: MXNet 1.9's clip lets inf through an a_max of float32 max.
-    capped = F.maximum(F.minimum(value, _FLOAT32_MAX), _FLOAT32_TINY)
-    # Halved inside the exponential: exp(log(float32 max)) can round up to inf, whose
-    # gradient times a head gradient of 0 would be NaN.
-    product = F.exp(gamma * log_one_minus_p + F.log(capped) - _LOG_TWO) * 2
+    capped = F.minimum(value, _FLOAT32_MAX)
+    factor = F.exp(gamma * log_one_minus_p)
+    bounded = F.BlockGrad(F.minimum(capped, _FLOAT32_MAX / (2 * max(gamma, 1.0))))
+    product = F.BlockGrad(factor) * capped + (factor * bounded - F.BlockGrad(factor * bounded))
     return F.where(value > 0, product, F.zeros_like(product))
 
 
@@ -277,26 +283,37 @@ def _log_one_minus_prob(F, logits, log_prob, selected_logits, axis, keepdims):
 
     ``log_prob`` and ``selected_logits`` are the selected classes' log-probabilities
     and logits (picked: shape of the positions; or all classes, with ``keepdims``).
-    For :math:`p \le 1/2`, ``log1p(-exp(log p))`` is accurate. Above 1/2 the class is
-    the unique largest logit :math:`m`, and :math:`1 - p = \sum_{c \ne m} p_c`, whose
-    log is formed from the other logits alone,
-    :math:`\mathrm{lse}_{c \ne m}(z_c) - \mathrm{lse}(z)` with
+    Where the selected class is the unique largest logit :math:`m` and :math:`p > 1/2`,
+    :math:`1 - p = \sum_{c \ne m} p_c`, whose log is formed from the other logits
+    alone, :math:`\mathrm{lse}_{c \ne m}(z_c) - \mathrm{lse}(z)` with
     :math:`\mathrm{lse}(z) = z_m - \log p_m`, so nothing cancels or underflows even
     when :math:`1 - p` is far below float32's smallest number (a logit gap of 1e4).
-    Both branches are finite for every input, so neither sends NaN into the gradient.
+    Everywhere else :math:`p \le 1/2` and ``log1p(-exp(log p))`` is accurate. The
+    branch is chosen from the logits, not from ``log p``: at a tie of the top logits
+    ``log_softmax`` rounds :math:`\log \frac12` up, which would pick the first form
+    for a class that is not the unique maximum (loss 0 and a zero gradient at
+    ``[0, 0]``). Both forms are finite for every input, so neither sends NaN into the
+    gradient.
     """
     top = F.max(logits, axis=axis, keepdims=True)
     is_top = F.broadcast_equal(logits, top)
+    tops = F.sum(is_top, axis=axis, keepdims=True)
     # The logits with every maximum replaced by float32's lowest number; their
     # logsumexp is that of the classes other than the (unique) maximum.
     others = logits * (1 - is_top) - is_top * _FLOAT32_MAX
     second = F.BlockGrad(F.max(others, axis=axis, keepdims=True))
     spread = F.sum(F.exp(F.broadcast_sub(others, second)), axis=axis, keepdims=keepdims)
-    if not keepdims:
-        second = F.squeeze(second, axis=axis)
+    if keepdims:
+        unique_top = F.broadcast_mul(is_top, tops == 1)
+    else:
+        second, top, tops = (F.squeeze(a, axis=axis) for a in (second, top, tops))
+        unique_top = (selected_logits == top) * (tops == 1)
     from_others = F.broadcast_sub(second + F.log(spread), selected_logits) + log_prob
-    from_own = F.log1p(-F.exp(F.minimum(log_prob, _LOG_HALF)))
-    return F.where(log_prob <= _LOG_HALF, from_own, from_others)
+    # Capped so that the branch not taken stays finite where p is near 1; below the cap
+    # (p < 3/4) it is exact, and the branch taken always has p <= 1/2 up to rounding.
+    from_own = F.log1p(-F.exp(F.minimum(log_prob, _LOG_THREE_QUARTERS)))
+    use_others = F.BlockGrad(unique_top * (log_prob > _LOG_HALF))
+    return F.where(use_others, from_others, from_own)
 
 
 def _product(F, a, b):
@@ -451,7 +468,9 @@ class WeightedSoftmaxCELoss(PortableExport, SerializedFirstCall, Loss):
       axis kept as 1 (gluon's convention, e.g. ``(B, N, 1)``), ``(batch,)``, anything
       with the label's number of dimensions that broadcasts to it, or anything gluon
       accepts that broadcasts to ``pred``'s shape with the class axis kept as 1
-      (``(B, 1, 1, 1)`` for NCHW). A hybridized loss takes it on every call or on none.
+      (``(B, 1, 1, 1)`` for NCHW). A shape two of these readings place differently
+      (``(4, 1)`` for labels ``(4, 4)``) raises ValueError. A hybridized loss takes it
+      on every call or on none.
 
     Outputs
     -------
@@ -480,10 +499,11 @@ class WeightedSoftmaxCELoss(PortableExport, SerializedFirstCall, Loss):
                                             high_open=True)
         self._gamma = check_float("gamma", gamma, low=0.0)
         self._built_ndim = None
+        self._built_single_class = False  # whether the graph was built for C = 1
         self._built_with_sample_weight = None
         self._shape_plans = {}  # input shapes -> what _shape_plan worked out for them
         self._num_classes = None
-        if fused not in (None, True, False):
+        if not any(fused is choice for choice in (None, True, False)):  # not 1 or 0
             raise ValueError("fused must be None, True or False, got %r" % (fused,))
         self._fused_wanted = fused
         self._fused_device = None  # the device type the current path was chosen for
@@ -515,11 +535,12 @@ class WeightedSoftmaxCELoss(PortableExport, SerializedFirstCall, Loss):
         if isinstance(pred, mx.sym.Symbol):
             return super().forward(pred, label, sample_weight)
         pred, label, sample_weight, context = self._prepare(pred, label, sample_weight)
-        if context.device_type != self._fused_device:
-            self._choose_path(context)
-        if self._active:
-            return self._run_cached_graph(context, pred, label, sample_weight)
-        return super().forward(pred, label, sample_weight)
+        with self._calls_on(context):
+            if context.device_type != self._fused_device:
+                self._choose_path(context)
+            if self._active:
+                return self._run_cached_graph(context, pred, label, sample_weight)
+            return super().forward(pred, label, sample_weight)
 
     def _choose_path(self, context):
         """Fused operator or MXNet-operator graph for calls on ``context``, logged once."""
@@ -584,8 +605,12 @@ class WeightedSoftmaxCELoss(PortableExport, SerializedFirstCall, Loss):
         elif built and self._graph_depends_on(ndim):
             raise ValueError("pred has %d dimensions but this hybridized loss was built for %d;"
                              " call hybridize() again" % (ndim, self._built_ndim))
+        if built and (class_count == 1) != self._built_single_class:
+            self._clear_cached_op()  # C = 1 has a graph of its own (see weighted_softmax_ce)
+            built = False
         if not built:
             self._built_ndim = ndim
+            self._built_single_class = class_count == 1
             self._built_with_sample_weight = sample_weight is not None
         # Computing in float32 keeps float16 inputs from overflowing in the softmax.
         if pred.dtype != np.float32:
@@ -618,7 +643,7 @@ class WeightedSoftmaxCELoss(PortableExport, SerializedFirstCall, Loss):
                                               _layout_hint(pred_shape, self._num_classes)))
         position_shape = pred_shape[:axis] + pred_shape[axis + 1:]
         kept_axis_shape = pred_shape[:axis] + (1,) + pred_shape[axis + 1:]
-        if self._batch_axis >= len(position_shape):
+        if not -len(position_shape) <= self._batch_axis < len(position_shape):
             raise ValueError("batch_axis=%d is out of range for the label's %d dimension(s) "
                              "(pred of shape %s without class axis %d)"
                              % (self._batch_axis, len(position_shape), pred_shape, self._axis))
@@ -655,25 +680,36 @@ class WeightedSoftmaxCELoss(PortableExport, SerializedFirstCall, Loss):
         """The shape that gives ``sample_weight`` the label's number of dimensions, or None
         where it has that already.
 
-        Accepted, in this order: shapes with the label's number of dimensions that
-        broadcast to it; ``(batch,)`` (one weight per sample); and every shape gluon's
-        losses accept, that is, shapes that broadcast (NumPy-style, aligned on the
-        right) to ``pred``'s shape with the class axis kept as 1, such as
-        ``(B, 1, 1, 1)`` for NCHW scores or ``(B, 1, 1)`` for ``(B, N, C)``.
+        Three readings are accepted: a shape with the label's number of dimensions that
+        broadcasts to it; ``(batch,)``, one weight per sample; and gluon's, a shape that
+        broadcasts (NumPy-style, aligned on the right) to ``pred``'s shape with the class
+        axis kept as 1, such as ``(B, 1, 1, 1)`` for NCHW scores. A shape that two
+        readings place differently (``(4, 1)`` for labels ``(4, 4)``: per sample, or
+        gluon's per position) is refused, never decided by which sizes happen to match.
         """
-        if shape == kept_axis_shape and shape != position_shape:
-            return position_shape
+        readings = {}
         if _broadcasts(shape, position_shape, same_ndim=True):
-            return None
+            readings["with the label's dimensions"] = tuple(shape)
         if len(position_shape) > 1 and shape == (position_shape[self._batch_axis],):
             spec = [1] * len(position_shape)
             spec[self._batch_axis] = shape[0]
-            return tuple(spec)
+            readings["one weight per sample"] = tuple(spec)
         if _broadcasts(shape, kept_axis_shape, same_ndim=False):
             full = (1,) * (len(kept_axis_shape) - len(shape)) + tuple(shape)
-            return full[:axis] + full[axis + 1:]
-        raise ValueError("sample_weight has shape %s, which does not broadcast to the "
-                         "label's shape %s" % (shape, position_shape))
+            readings["aligned on the right with pred (gluon's rule)"] = full[:axis] + full[axis + 1:]
+        placements = set(readings.values())
+        if not placements:
+            raise ValueError("sample_weight has shape %s, which does not broadcast to the "
+                             "label's shape %s" % (shape, position_shape))
+        if len(placements) > 1:
+            raise ValueError(
+                "sample_weight has shape %s, which is ambiguous for labels of shape %s: %s; "
+                "give it pred's number of dimensions with 1 along the class axis, which "
+                "reads one way only" % (shape, position_shape, "; ".join(
+                    "%s it lies as %s (pass %s)" % (how, placed, placed[:axis] + (1,) + placed[axis:])
+                    for how, placed in readings.items())))
+        placed, = placements
+        return None if placed == tuple(shape) else placed
 
     def hybrid_forward(self, F, pred, label, sample_weight=None, class_weight=None):
         return self._scaled_loss(F, pred, label, sample_weight, class_weight, self._weight)
@@ -681,6 +717,8 @@ class WeightedSoftmaxCELoss(PortableExport, SerializedFirstCall, Loss):
     def _scaled_loss(self, F, pred, label, sample_weight, class_weight, scale):
         """This loss's settings applied to ``pred``, times ``scale``: the fused operator
         when :meth:`_choose_path` picked it, else the MXNet-operator graph."""
+        if class_weight is not None and F is mx.nd:
+            class_weight = class_weight.detach()  # a handle per call: see first_call.py
         if self._use_fused:
             return fused.softmax_ce(
                 F, pred, detached_label(F, label), class_weight, sample_weight, axis=self._axis,
@@ -692,8 +730,9 @@ class WeightedSoftmaxCELoss(PortableExport, SerializedFirstCall, Loss):
             axis=self._axis, sparse_label=self._sparse_label, from_logits=self._from_logits,
             ignore_label=self._ignore_label, normalization=self._normalization,
             label_smoothing=self._label_smoothing, gamma=self._gamma,
-            batch_axis=self._batch_axis, ndim=self._built_ndim)
-        return apply_scalar_weight(loss, scale)
+            batch_axis=self._batch_axis, ndim=self._built_ndim,
+            num_classes=1 if self._built_single_class else None)
+        return apply_scalar_weight(F, loss, scale)
 
     def __repr__(self):
         return ("{name}(num_classes={nc}, axis={axis}, ignore_label={ig}, normalization={norm!r}, "

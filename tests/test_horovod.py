@@ -5,6 +5,7 @@ The graph path (``GLUON_LOSSES_FUSED=0``) runs here; the fused path beside Horov
 in ``test_horovod_import_order.py``. Skipped, naming the failed step, where Horovod
 cannot be installed (``make horovod``).
 """
+import json
 import os
 import re
 
@@ -102,3 +103,70 @@ def test_the_horovod_block_of_distributed_md_runs_on_two_ranks(tmp_path):
     assert returncode == 0, output[-5000:]
     for rank in (0, 1):
         assert "rank %d of 2: centers identical" % rank in "".join(rank_lines(output, rank))
+
+
+def _faster_rcnn_args(data_root, out, *extra):
+    return ["-m", "examples.faster_rcnn", "--horovod", "--data-root", data_root,
+            "--shapes-train", "4", "--shapes-test", "2", "--epochs", "1", "--out", out,
+            "--quiet"] + list(extra)
+
+
+@pytest.fixture(scope="module")
+def shapes_root(tmp_path_factory):
+    """The generated shapes set, made once here so the ranks do not race to write it."""
+    from examples.faster_rcnn.data import shapes_datasets
+    root = str(tmp_path_factory.mktemp("shapes"))
+    shapes_datasets(root, 4, 2, 0)
+    return root
+
+
+def test_faster_rcnn_example_trains_with_horovod_on_two_ranks(tmp_path, shapes_root):
+    out = str(tmp_path / "run")
+    returncode, output = run_horovod(_faster_rcnn_args(shapes_root, out, "--max-iters", "2"),
+                                     timeout=300)
+    assert returncode == 0, output[-5000:]
+    with open(os.path.join(out, "results.json"), encoding="utf-8") as handle:
+        results = json.load(handle)
+    assert results["config"]["horovod"] is True
+    (epoch,) = results["history"]
+    for key, value in epoch.items():
+        if key.endswith("loss") or key.startswith("rcnn") or key.startswith("rpn"):
+            assert np.isfinite(value), (key, value)
+    assert results["softmax_ce_paths"]  # the loss ran, on whichever path
+
+
+def test_faster_rcnn_stalled_rank_ends_the_other_with_the_documented_status(
+        tmp_path, shapes_root):
+    """Rank 1 is stopped (SIGSTOP) once training runs: rank 0's allreduce waits forever,
+    and its watchdog must end it with status 75 and a message naming Horovod and the
+    resume command, within the timeout."""
+    import signal
+    import time
+    import psutil
+
+    out = str(tmp_path / "run")
+
+    def stop_rank_one(proc):
+        deadline = time.monotonic() + 240
+        while time.monotonic() < deadline:
+            for child in psutil.Process(proc.pid).children(recursive=True):
+                try:
+                    if child.environ().get("HOROVOD_RANK") == "1" and os.path.exists(
+                            os.path.join(out, "train.log")):
+                        time.sleep(5)  # inside the training loop
+                        child.send_signal(signal.SIGSTOP)
+                        return
+                except (psutil.NoSuchProcess, psutil.AccessDenied):
+                    pass
+            time.sleep(0.5)
+        pytest.fail("rank 1 never started training")
+
+    started = time.monotonic()
+    returncode, output = run_horovod(
+        _faster_rcnn_args(shapes_root, out, "--max-iters", "1000", "--stall-timeout", "20"),
+        timeout=400, meanwhile=stop_rank_one)
+    assert returncode != 0
+    rank0 = "\n".join(rank_lines(output, 0))
+    assert "stalled" in rank0.lower() and "horovod" in rank0.lower(), output[-5000:]
+    assert "--resume" in rank0 and "Exiting with status 75." in rank0, output[-5000:]
+    assert time.monotonic() - started < 400

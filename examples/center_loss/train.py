@@ -307,7 +307,7 @@ def run(out, dataset="digits", data_dir=None, size=None, channels=None, convs_pe
         for key in ("test_accuracy", "compactness", "nearest_center_accuracy"):
             if not np.isfinite(results[model][key]):
                 log.info("WARNING: %s %s is %r", model, key, results[model][key])
-    common.write_json(os.path.join(out_private, common.RESULTS), results)
+    common.write_results(out_private, results)
     for line in report.summary_lines(results):
         log.info("%s", line)
     log.info("train counts %s, test counts %s", train_counts.tolist(), test_counts.tolist())

@@ -481,6 +481,6 @@ def train(config):
         log.info("exported %s-symbol.json / -0000.params", result["export"])
     if rank0:
         path = os.path.join(config.out, common.RESULTS)
-        common.write_json(path, result)
+        common.write_results(config.out, result)
         log.info("done in %.1fs; results in %s", result["wall_time_s"], path)
     return result

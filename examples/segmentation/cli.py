@@ -126,7 +126,7 @@ def run_sweep(out, methods, seeds, data_dir=None, num_train=640, num_test=160, i
                                    display_indices=display, **train_args)
     summary = report.summarize(runs, methods, seeds, data.CLASSES)
     summary["train_pixel_shares"] = [float(s) for s in shares]
-    common.write_json(os.path.join(out, common.RESULTS), summary)
+    common.write_results(out, summary)
     report.write_table(os.path.join(out, "summary.md"), summary, data.CLASSES)
     report.plot_curves(os.path.join(out, "segmentation_curves.png"), runs, methods, seeds)
     report.plot_masks(os.path.join(out, "segmentation_masks.png"), out, test_data, methods,

@@ -154,5 +154,5 @@ def train_run(out, train_data, test_data, num_class, class_weight, seed=0, epoch
         predicted = evaluate.predict(net, x_test[indices], ctx[0])
         np.savez_compressed(os.path.join(out, "predictions.npz"), indices=indices,
                             predicted=predicted.astype(np.uint8))
-    common.write_json(os.path.join(out, common.RESULTS), results)
+    common.write_results(out, results)
     return results

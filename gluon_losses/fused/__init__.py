@@ -165,6 +165,13 @@ def log_path_once(fused, why, unrequested=False):
         _log.info("WeightedSoftmaxCELoss runs on the MXNet-operator graph: %s", why)
 
 
+def paths_taken():
+    """Which implementations WeightedSoftmaxCELoss has run in this process, as sorted
+    strings (``'fused'``, or ``'graph: <why>'``); examples store it with their results,
+    since the two paths round differently."""
+    return sorted("fused" if fused else "graph: %s" % why for fused, why in _state["logged"])
+
+
 def softmax_ce(F, pred, label, class_weight=None, sample_weight=None, axis=-1, ignore_label=-1,
                normalization="valid", label_smoothing=0.0, batch_axis=0, scale=1.0):
     """The fused operator on ``F`` (``mx.nd`` or ``mx.sym``); needs :func:`available`.

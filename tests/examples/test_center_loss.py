@@ -10,6 +10,7 @@ import sys
 import numpy as np
 import mxnet as mx
 import pytest
+from gluon_losses import fused
 
 from examples.center_loss import cli
 from examples.center_loss import data as center_data
@@ -56,6 +57,9 @@ def test_smoke_writes_every_output_with_finite_metrics(tmp_path, capfd):
         assert (tmp_path / name).stat().st_size > 0, name
     saved = json.loads((tmp_path / "results.json").read_text())
     assert saved["train_counts"] == metrics["train_counts"]
+    # which softmax CE implementation ran (the process's record: other tests add theirs)
+    expected_path = "fused" if fused.available() else "graph: %s" % fused.unavailable_reason()
+    assert expected_path in saved["softmax_ce_paths"]
     for model in ("softmax", "center"):
         for key in ("test_accuracy", "balanced_accuracy", "compactness",
                     "compactness_class_means", "nearest_center_accuracy"):
