@@ -242,7 +242,7 @@ class CenterLoss(SerializedFirstCall, Loss):
         return CenterTrainer(self.centers, self.center_counts, **kwargs)
 
     def forward(self, features, label):
-        if not self._dense and self.centers.grad_req == "add":
+        if not self._dense and self.centers.grad_req == "add" and mx.autograd.is_recording():
             raise ValueError(
                 "grad_req='add' on %s: CenterLoss with row_sparse center gradients "
                 "(dense=False, the default above %d center elements; here %d x %d) cannot "
