@@ -6,7 +6,8 @@ import pytest
 import mxnet as mx
 
 from gluon_losses.symbol import center_loss, center_state_name, with_center_update
-from tests.reference import eq4_reference
+from reference import eq4_reference
+from test_symbol import device_copies, step
 
 K, D, BATCH, ALPHA, SEED = 5, 3, 12, 0.5, 11
 STATE = center_state_name("center")
@@ -58,15 +59,6 @@ def bound_module(contexts=CONTEXTS):
     mod.init_params(arg_params=initial_params(), aux_params={
         "bn_moving_mean": mx.nd.zeros((D,)), "bn_moving_var": mx.nd.ones((D,))})
     return mod
-
-
-def step(mod, x, y):
-    mod.forward_backward(mx.io.DataBatch([mx.nd.array(x)], [mx.nd.array(y)]))
-    mod.update()
-
-
-def device_copies(mod, name):
-    return [executor.arg_dict[name].asnumpy() for executor in mod._exec_group.execs]
 
 
 def features_of(mod, x):
