@@ -242,6 +242,15 @@ class CenterLoss(SerializedFirstCall, Loss):
         return CenterTrainer(self.centers, self.center_counts, **kwargs)
 
     def forward(self, features, label):
+        if not self._dense and self.centers.grad_req == "add" and mx.autograd.is_recording():
+            raise ValueError(
+                "grad_req='add' on %s: CenterLoss with row_sparse center gradients "
+                "(dense=False, the default above %d center elements; here %d x %d) cannot "
+                "accumulate them (MXNet's sparse Embedding only writes). Create the loss "
+                "with dense=True to accumulate several backward passes; the step then "
+                "applies Eq. 4 once over their union." % (
+                    self.centers.name, DENSE_MAX_ELEMENTS, self._num_classes,
+                    self._feature_dim))
         if not isinstance(features, mx.sym.Symbol):
             features, label = self._check_inputs(features, label)
         return super().forward(features, label)

@@ -9,6 +9,8 @@ nothing else in that situation. Keep it that way: anything more here breaks
 server without an optimizer sums gradients into the weights).
 """
 import copy
+import numbers
+import sys
 from collections import OrderedDict
 
 import mxnet.optimizer as optimizer_api
@@ -74,10 +76,14 @@ class _CenterUpdateMixin:
         return name.endswith(CENTER_STATE_SUFFIX)
 
     def create_state(self, index, weight):
-        return None if self._is_center_state(index) else super().create_state(index, weight)
+        if self._is_center_state(index):
+            _refuse_unsummed_devices()
+            return None
+        return super().create_state(index, weight)
 
     def create_state_multi_precision(self, index, weight):
         if self._is_center_state(index):
+            _refuse_unsummed_devices()
             return None
         return super().create_state_multi_precision(index, weight)
 
@@ -110,6 +116,31 @@ class _CenterUpdateMixin:
         return _rebuild_center_update, (self._base_optimizer_class, self.__getstate__())
 
 
+def _refuse_unsummed_devices():
+    """Raise when Module updates several devices without a kvstore.
+
+    With ``kvstore=None`` MXNet sums no gradient across devices (``mxnet.model.
+    _update_params`` updates each device's copy from that device's own gradient), so
+    each copy of the centers would move by Eq. 4 over its part of the batch only. The
+    optimizer cannot see the kvstore, so this reads the arguments of that MXNet
+    function from the calling frames (MXNet 1.9.1); outside it, nothing is checked.
+    """
+    frame = sys._getframe(1)
+    while frame is not None:
+        if (frame.f_code.co_name == "_update_params"
+                and frame.f_globals.get("__name__") == "mxnet.model"):
+            arguments = frame.f_locals
+            devices = arguments.get("num_device", 1)
+            if arguments.get("kvstore") is None and devices > 1:
+                raise ValueError(
+                    "kvstore=None with %d devices: MXNet does not sum gradients across "
+                    "devices then, so the centers of each device would move by its own "
+                    "part of the batch. Pass kvstore='device' or 'local' to fit or "
+                    "init_optimizer." % devices)
+            return
+        frame = frame.f_back
+
+
 _CENTER_UPDATE_CLASSES = {}
 
 
@@ -128,35 +159,110 @@ def _rebuild_center_update(base, state):
     return optimizer
 
 
+def _same(first, second):
+    """Whether two optimizer settings are the same: numbers, strings and tuples of
+    them by value, anything else (a scheduler) by identity."""
+    if first is second:
+        return True
+    plain = (numbers.Number, str, bool, type(None), tuple)
+    return isinstance(first, plain) and isinstance(second, plain) and first == second
+
+
+def _module_default_params():
+    """The optimizer_params Module uses when fit or init_optimizer is given none."""
+    import inspect
+    from mxnet.module import BaseModule
+    return dict(inspect.signature(BaseModule.init_optimizer).parameters[
+        "optimizer_params"].default)
+
+
+def _merged_params(name, settings, given):
+    """``given`` (what Module passes) overridden by ``settings`` (with_center_update's).
+
+    Module fills in ``rescale_grad`` and, without ``optimizer_params``, its default
+    learning rate; any other key given both ways with two values is an error.
+    """
+    merged = dict(given)
+    module_defaults = _module_default_params()
+    if "lr_scheduler" in settings and "learning_rate" not in settings and _same(
+            merged.get("learning_rate"), module_defaults.get("learning_rate")):
+        # Module's default learning rate, which would overwrite the scheduler's base_lr
+        # (optimizer='sgd' with a scheduler in optimizer_params gets no such default).
+        del merged["learning_rate"]
+    for key, value in settings.items():
+        if key in merged and not _same(merged[key], value) and key != "rescale_grad" \
+                and not (key in module_defaults and _same(merged[key], module_defaults[key])):
+            raise ValueError(
+                "optimizer_params sets %s=%r, but with_center_update gave %r for the "
+                "optimizer %r: set it in one place" % (key, merged[key], value, name))
+        merged[key] = value
+    return merged
+
+
+# (base optimizer class, settings, registered name) of every with_center_update(name, ...).
+_NAMED = []
+
+
+def _registered_name(base, settings):
+    """The name under which ``mx.optimizer.create`` makes ``base`` with ``settings`` and
+    Eq. 4 for the center states; registered on first use."""
+    for known_base, known_settings, name in _NAMED:
+        if known_base is base and known_settings.keys() == settings.keys() and all(
+                _same(known_settings[key], value) for key, value in settings.items()):
+            return name
+    name = "center_update_%s_%d" % (base.__name__.lower(), len(_NAMED) + 1)
+    generic = _center_update_class(base)
+
+    def __init__(self, **given):
+        generic.__init__(self, **_merged_params(name, settings, given))
+
+    optimizer_api.Optimizer.register(type(name, (generic,), {
+        "__module__": __name__, "__init__": __init__,
+        "__doc__": "%s with %r, and Eq. 4 for the center states." % (base.__name__, settings)}))
+    _NAMED.append((base, dict(settings), name))
+    return name
+
+
 def with_center_update(optimizer, **optimizer_params):
-    """An optimizer that applies Eq. 4 to every :func:`center_loss` state.
+    """``optimizer``, with Eq. 4 for every :func:`center_loss` state.
 
     Parameters whose name ends with ``'center_state'`` move by Eq. 4 from their summed
     gradient (see :func:`center_loss`); every other parameter is updated by
-    ``optimizer``, unchanged. Pass the result to ``mod.fit(optimizer=...)`` or
-    ``mod.init_optimizer(optimizer=...)``. It works with every kvstore Module offers
-    (none, ``'local'``, ``'device'``, ``'dist_sync'``) and either value of
-    ``update_on_kvstore``: the gradient of a state arrives summed over devices and
-    workers wherever the update runs, so all copies stay identical. The optimizer
+    ``optimizer``, unchanged. Pass the result where ``optimizer`` would go:
+    ``mod.fit(optimizer=...)`` or ``mod.init_optimizer(optimizer=...)``.
+
+    Given a name, it returns a name: that of an optimizer registered with
+    ``mx.optimizer`` (once per name and settings), which Module creates as it creates
+    any named optimizer, with the symbol and parameter names. So every other
+    parameter trains exactly as with ``optimizer=name, optimizer_params=params``:
+    ``lr_mult``/``wd_mult`` attributes, no weight decay on biases and BatchNorm
+    ``beta``, and ``rescale_grad = 1/batch_size`` set by Module unless given here.
+    ``optimizer_params`` of ``fit`` still apply to settings not given here; a setting
+    given both ways with two values raises. Given an instance, it returns a copy of
+    it, which Module treats as it treats that instance (no symbol: pass
+    ``rescale_grad`` yourself, and biases get weight decay).
+
+    It works with every kvstore Module offers that sums gradients across devices
+    (``'local'``, ``'device'``, ``'dist_sync'``, and none on a single device) and
+    either value of ``update_on_kvstore``: the gradient of a state arrives summed over
+    devices and workers wherever the update runs, so all copies stay identical.
+    ``kvstore=None`` with several devices raises at the first update. The optimizer
     pickles, as a ``dist_sync`` kvstore needs (servers must be able to import
     ``gluon_losses``).
-
-    As for any optimizer instance given to Module, pass
-    ``rescale_grad=1.0 / batch_size`` (Module sets it only for optimizer names, and
-    warns otherwise); Eq. 4 does not use it.
 
     Parameters
     ----------
     optimizer : str or mx.optimizer.Optimizer
         An optimizer name (``'sgd'``, ``'adam'``, ...) or instance (copied, not changed).
     **optimizer_params
-        Arguments of the named optimizer (``learning_rate``, ``momentum``,
-        ``rescale_grad``, ...); none with an instance.
+        Arguments of the named optimizer (``learning_rate``, ``momentum``, ``wd``,
+        ``lr_scheduler``, ...); none with an instance.
 
     Returns
     -------
-    mx.optimizer.Optimizer
-        An instance of a subclass of the chosen optimizer's class.
+    str or mx.optimizer.Optimizer
+        A registered optimizer name for a name; an instance of a subclass of the
+        instance's class for an instance.
     """
     if isinstance(optimizer, optimizer_api.Optimizer):
         if optimizer_params:
@@ -168,6 +274,11 @@ def with_center_update(optimizer, **optimizer_params):
         return wrapped
     registry = optimizer_api.Optimizer.opt_registry
     if not isinstance(optimizer, str) or optimizer.lower() not in registry:
+        names = sorted(name for name in registry if not name.startswith("center_update_"))
         raise ValueError("optimizer must be an mx.optimizer.Optimizer or one of %s, got %r"
-                         % (", ".join(sorted(registry)), optimizer))
-    return _center_update_class(registry[optimizer.lower()])(**optimizer_params)
+                         % (", ".join(names), optimizer))
+    base = registry[optimizer.lower()]
+    for known_base, known_settings, name in _NAMED:
+        if name == optimizer.lower():   # already with_center_update's: add the settings
+            base, optimizer_params = known_base, dict(known_settings, **optimizer_params)
+    return _registered_name(getattr(base, "_base_optimizer_class", base), optimizer_params)

@@ -45,7 +45,10 @@ class CenterTrainer(gluon.Trainer):
     r"""The ``gluon.Trainer`` that moves the centers of a :class:`CenterLoss` by Eq. 4.
 
     Create it with :meth:`CenterLoss.trainer`. Call ``step(batch_size)`` after every
-    backward pass, right after the network's own ``trainer.step``. ``batch_size`` is
+    backward pass, right after the network's own ``trainer.step``. To accumulate
+    several backward passes before one step, set ``grad_req='add'`` on the loss's
+    parameters too (dense gradients only): the step then applies Eq. 4 once over the
+    union of those batches, and zeroes the two statistics. ``batch_size`` is
     accepted for symmetry with ``gluon.Trainer`` and not used: Eq. 4 normalizes by the
     per-class counts, which the backward pass supplies.
 
@@ -188,6 +191,12 @@ class CenterTrainer(gluon.Trainer):
                 apply_center_update(w, c, rows, numerator, batch_counts, self.alpha)
         for d in centers.list_data() + counts.list_data():
             d._fresh_grad = False
+        if centers.grad_req == "add":
+            # Accumulated statistics (several backward passes) are spent by this step,
+            # and the sums over contexts were written back into them: the next step
+            # must start from zero even if the loss's parameters are not zeroed.
+            centers.zero_grad()
+            counts.zero_grad()
 
     def step(self, batch_size=None, ignore_stale_grad=False):
         """Sum the gradients over contexts/workers and move the centers by Eq. 4."""

@@ -353,7 +353,7 @@ def test_checkpoint_then_module_load_resumes_identically(tmp_path):
 
 
 def test_center_update_optimizer_pickles_and_wraps_instances():
-    optimizer = with_center_update("sgd", learning_rate=0.3, momentum=0.5)
+    optimizer = mx.optimizer.create(with_center_update("sgd", learning_rate=0.3, momentum=0.5))
     restored = pickle.loads(pickle.dumps(optimizer))
     assert type(restored).__name__ == "CenterUpdateSGD"
     assert isinstance(restored, mx.optimizer.SGD) and restored.lr == 0.3
@@ -430,7 +430,7 @@ import mxnet
 def test_optimizer_unpickles_on_a_server_during_import_mxnet():
     env = dict(os.environ, PYTHONPATH=ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""))
     done = subprocess.run([sys.executable, "-c", SERVER_SIDE], input=pickle.dumps(
-        with_center_update("sgd", momentum=0.9), 0), env=env, capture_output=True,
+        mx.optimizer.create(with_center_update("sgd", momentum=0.9)), 0), env=env, capture_output=True,
         timeout=120)
     assert done.returncode == 0, done.stderr.decode()[-2000:]
     # Eq. 4 on a flat copy: c = 0 - 1 / (1 + 1), count 0 + 1.

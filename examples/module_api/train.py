@@ -151,7 +151,7 @@ def run_center(out, contexts, kvstore="device", epochs=16, batch_size=64, optimi
     kvstore, x_train, y_train, workers = kvstore_and_shard(kvstore, x_train, y_train)
     train = iterator(x_train, y_train, batch_size, True, max_iters)
     steps = max_iters or len(x_train) // batch_size
-    # An optimizer instance: Module does not set rescale_grad for it (the global batch).
+    # rescale_grad for the global batch (the dist_sync workers together).
     optimizer = with_center_update(
         optimizer, learning_rate=lr, momentum=momentum, wd=wd,
         rescale_grad=1.0 / (batch_size * workers),
