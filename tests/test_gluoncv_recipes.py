@@ -7,6 +7,9 @@
 (b) Segmentation: ``MixWeightedSoftmaxCELoss`` in GluonCV's ``DataParallelCriterion``
     on two CPU contexts, threaded (``sync=True``) and serial.
 """
+import os
+import textwrap
+
 import numpy as np
 import pytest
 import mxnet as mx
@@ -15,6 +18,8 @@ from mxnet import gluon
 from gluon_losses import MixWeightedSoftmaxCELoss, WeightedSoftmaxCELoss, class_weights
 from reference import softmax_ce
 from voc_folders import random_masks, write_voc_detection, write_voc_segmentation
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 B, N, K, A = 2, 16, 4, 12  # images, RCNN samples per image, foreground classes, anchors
 
@@ -216,3 +221,85 @@ def test_mix_loss_in_data_parallel_criterion(voc_segmentation, sync):
     whole = _parallel_criterion(loss, pred, aux_pred, labels, sync, [mx.cpu(0)])
     np.testing.assert_allclose(main_grad, whole[1][0], rtol=1e-5, atol=1e-9)
     np.testing.assert_allclose(aux_grad, whole[1][1], rtol=1e-5, atol=1e-9)
+
+
+# ---- (c) segmentation: docs/gluoncv.md's patch to scripts/segmentation/train.py --------
+
+class TinySegmentationNet(gluon.HybridBlock):
+    """Stands in for GluonCV's FCN with ``aux=True``: ``(main, aux)`` logits at the
+    input's resolution, 21 classes."""
+
+    def __init__(self):
+        super().__init__()
+        with self.name_scope():
+            self.body = gluon.nn.Conv2D(8, 3, padding=1, in_channels=3, activation="relu")
+            self.head = gluon.nn.Conv2D(21, 1, in_channels=8)
+            self.aux_head = gluon.nn.Conv2D(21, 3, padding=1, in_channels=8)
+
+    def hybrid_forward(self, F, x):
+        features = self.body(x)
+        return self.head(features), self.aux_head(features)
+
+
+def _train_py_criterion(args, trainset, with_class_weights):
+    """The criterion the patched ``Trainer.__init__`` builds: the docs' ``+`` lines, run."""
+    with open(os.path.join(REPO, "docs", "gluoncv.md"), encoding="utf-8") as handle:
+        text = handle.read()
+    patch = text[text.index("+from gluon_losses import MixWeightedSoftmaxCELoss"):]
+    patch = patch[:patch.index("```")]
+    lines = [line[1:] for line in patch.splitlines() if line.startswith("+")]
+    code = textwrap.dedent("\n".join(lines[1:]))
+    if not with_class_weights:
+        code = code.replace("class_weight=weights, ", "")
+    scope = {"args": args, "trainset": trainset}
+    exec(lines[0] + "\n" + code, scope)  # pylint: disable=exec-used
+    return scope["criterion"]
+
+
+def _train_py_steps(criterion, trainset, args, steps=2):
+    """``Trainer.training`` of GluonCV's script: its DataParallel wrappers and calls."""
+    from gluoncv.utils.parallel import DataParallelCriterion, DataParallelModel
+    mx.random.seed(0)
+    model = TinySegmentationNet()
+    model.initialize(mx.init.Xavier(), ctx=args.ctx)
+    net = DataParallelModel(model, args.ctx, args.syncbn)
+    parallel_criterion = DataParallelCriterion(criterion, args.ctx, args.syncbn)
+    trainer = gluon.Trainer(model.collect_params(), "sgd", {
+        "learning_rate": 0.1, "wd": 1e-4, "momentum": 0.9})
+    loader = gluon.data.DataLoader(trainset, batch_size=args.batch_size, shuffle=False,
+                                   last_batch="rollover")
+    logged = []
+    for step, (data, target) in zip(range(steps), loader):
+        with mx.autograd.record(True):
+            outputs = net(data.astype("float32", copy=False))
+            losses = parallel_criterion(outputs, target)
+            mx.nd.waitall()
+            mx.autograd.backward(losses)
+        trainer.step(args.batch_size)
+        logged.append(float(np.mean([loss.asnumpy()[0] for loss in losses])))
+    return {name[len(model.prefix):]: p.data(args.ctx[0]).asnumpy() for name, p in
+            model.collect_params().items()}, logged
+
+
+def test_train_py_patch_trains_as_gluoncvs_own_loss(tmp_path):
+    import types
+    from gluoncv.data import VOCSegmentation
+    from gluoncv.loss import MixSoftmaxCrossEntropyLoss
+    write_voc_segmentation(str(tmp_path), random_masks(4, num_class=21, size=(12, 16), seed=7))
+    trainset = VOCSegmentation(root=str(tmp_path), split="train", mode="testval",
+                               transform=mx.gluon.data.vision.transforms.ToTensor())
+    args = types.SimpleNamespace(aux=True, aux_weight=0.2, batch_size=4,
+                                 ctx=[mx.cpu(0), mx.cpu(1)], syncbn=False)
+    theirs, their_log = _train_py_steps(
+        MixSoftmaxCrossEntropyLoss(args.aux, aux_weight=args.aux_weight), trainset, args)
+    ours, our_log = _train_py_steps(_train_py_criterion(args, trainset, False), trainset, args)
+    start, _ = _train_py_steps(MixSoftmaxCrossEntropyLoss(True), trainset, args, steps=0)
+    for name in theirs:
+        assert np.abs(theirs[name] - start[name]).max() > 1e-4, name  # training moved it
+        np.testing.assert_allclose(ours[name], theirs[name], rtol=1e-4, atol=1e-6,
+                                   err_msg=name)
+    assert all(np.isfinite(our_log)) and our_log != their_log  # logged differently
+    weighted, weighted_log = _train_py_steps(_train_py_criterion(args, trainset, True),
+                                             trainset, args)
+    assert all(np.isfinite(weighted_log))
+    assert any(np.abs(weighted[name] - ours[name]).max() > 1e-6 for name in ours)
