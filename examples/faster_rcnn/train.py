@@ -483,4 +483,8 @@ def train(config):
         path = os.path.join(config.out, common.RESULTS)
         common.write_results(config.out, result)
         log.info("done in %.1fs; results in %s", result["wall_time_s"], path)
+    if hvd is not None:
+        # the ranks leave together: one that exits first shuts Horovod down, and rank 0's
+        # evaluation or export then fails with "Horovod has been shut down"
+        hvd.allreduce(mx.nd.zeros(1, ctx=ctx[0]), name="end_of_training").wait_to_read()
     return result
