@@ -151,7 +151,7 @@ def weighted_softmax_ce(F, pred, label, class_weight=None, sample_weight=None, a
                 log_one_minus_p = _log_one_minus_prob(
                     F, pred, target_log_prob, F.pick(pred, label, axis=axis), axis, False)
                 value = _focal(F, value, log_one_minus_p, gamma)
-        position_weight = _sparse_position_weight(
+        position_weight = position_weights(
             F, label, class_weight, pred, axis, ignore_label, normalization, sign)
         positions = label
     else:
@@ -183,10 +183,12 @@ def weighted_softmax_ce(F, pred, label, class_weight=None, sample_weight=None, a
     return _safe_mean(F, loss, axis=batch_axis, exclude=True)
 
 
-def _sparse_position_weight(F, label, class_weight, pred, axis, ignore_label, normalization,
-                            sign):
+def position_weights(F, label, class_weight, pred, axis, ignore_label, normalization="none",
+                     sign=1.0):
     """Each position's class weight for sparse labels, 0 where ignored and NaN for a bad
-    label, times ``sign`` and, except for ``'weight'``, the normalizer.
+    label (outside ``[0, C)``, not an integer, or -1 when -1 is not ignored), times
+    ``sign`` and, except for ``'weight'`` and ``'none'``, the normalizer. The one place
+    the label rule is written: the losses and the symbol drop-in all look labels up here.
 
     Those two scalars multiply the (C,) weight table instead of the positions, and a
     negative ignore label gets a slot of 0 in the table instead of a mask, which leaves

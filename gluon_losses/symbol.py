@@ -13,6 +13,8 @@ Class weights are constants of the graph: their values sit in the attributes of 
 operator node, so they are saved in the symbol JSON and nothing that sets or trains
 parameters can reach them.
 """
+import itertools
+
 import numpy as np
 import mxnet as mx
 
@@ -22,7 +24,7 @@ from .center_optimizer import (CENTER_STATE_SUFFIX, apply_center_state_update,
 from .checks import (as_weight_vector, check_center_loss_args, check_choice, check_float,
                      check_ignore_label)
 from .graph_ops import detached_label
-from .softmax_ce import weighted_softmax_ce
+from .softmax_ce import position_weights, weighted_softmax_ce
 
 __all__ = ["weighted_softmax_output", "WeightedCrossEntropy", "center_loss",
            "with_center_update", "center_state_name", "apply_center_state_update",
@@ -30,81 +32,72 @@ __all__ = ["weighted_softmax_output", "WeightedCrossEntropy", "center_loss",
 
 SOFTMAX_OUTPUT_NORMALIZATIONS = ("valid", "batch", "null")
 
-
-# graph_constant doubles each value inside the graph before halving it back: exact
-# for magnitudes up to this, and FLT_MAX doubled is how +inf is stored.
-CONSTANT_MAX = 2.0 ** 126
-_FLOAT32_MAX = float(np.finfo(np.float32).max)
+# Every float32 value up to this is stored exactly by graph_constant.
+CONSTANT_MAX = float(np.finfo(np.float32).max)
 
 
-def graph_constant(values, name=None):
-    r"""A ``(L,)`` float32 symbol whose values are stored in the graph itself.
+def graph_constant(values, like, name=None):
+    r"""A ``(L,)`` symbol of ``like``'s dtype whose values are stored in the graph itself.
 
-    The values are the ``sizes`` attribute of one ``MultiBoxPrior`` node on a grid of
-    height 2 and width 1, with ratio 1, offset 0 and step 1: the anchor of size
-    :math:`s` at the first cell is centred on 0 with half-width :math:`s \cdot 2 / 1
-    / 2`, so its third column (x_max) is :math:`s`, exactly (doubling and halving are
-    exact in binary floating point). ``FLT_MAX`` doubled overflows, which stores
-    ``+inf``. The attribute keeps every float32 value exactly through
-    ``tojson``/``load_json``, so a saved checkpoint restores the same constants, and
-    the node has no variable input for ``init_params``, ``set_params`` or an
-    optimizer to change. Cost: 4 nodes of L elements per forward pass, no backward;
-    the JSON grows by about 20 bytes per value.
+    MXNet 1.9 has no operator that holds an array constant, so each run of equal values
+    is one ``_mul_scalar`` node on a ones of shape ``(1,)`` (then ``tile`` for a run
+    longer than 1), and the runs are concatenated. The ``scalar`` attribute keeps a
+    float32 value exactly through ``tojson``/``load_json``, so a saved checkpoint
+    restores the same constants; the node has no variable input for ``init_params``,
+    ``set_params`` or an optimizer to change; and ONNX exports every node of it. The
+    ones are cut from ``like`` (any symbol with at least one element), so the constant
+    takes its dtype at bind time: float16 when the graph runs in float16.
 
     Parameters
     ----------
     values : sequence of float
-        Finite values with magnitude at most ``CONSTANT_MAX`` (2**126), or ``+inf``.
+        Finite values of magnitude at most ``CONSTANT_MAX`` (float32's largest).
+    like : Symbol
+        Gives the dtype.
     name : str or None
         Name of the last node (its output is ``<name>_output``).
     """
     array = np.asarray(values, dtype=np.float64).ravel()
-    bad = np.flatnonzero(np.isnan(array) | (array == -np.inf)
-                         | (np.isfinite(array) & (np.abs(array) > CONSTANT_MAX)))
+    bad = np.flatnonzero(~np.isfinite(array) | (np.abs(array) > CONSTANT_MAX))
     if array.size == 0 or bad.size:
         raise ValueError("values must be a non-empty sequence of finite numbers of magnitude "
-                         "<= 2**126 or +inf, got %r" % (array[bad[0]] if bad.size else values,))
+                         "<= %.8g, got %r" % (CONSTANT_MAX, array[bad[0]] if bad.size
+                                              else values))
+    one = mx.sym.ones_like(mx.sym.slice(mx.sym.reshape(like, shape=(-1,)), begin=(0,),
+                                        end=(1,)))
+    runs = []
     # float32 -> exact Python floats, whose repr reads back as the same float32.
-    sizes = tuple(float(v) if np.isfinite(v) else _FLOAT32_MAX
-                  for v in array.astype(np.float32))
-    anchors = mx.sym.contrib.MultiBoxPrior(
-        mx.sym.zeros((1, 1, 2, 1)), sizes=sizes, ratios=(1.0,), offsets=(0.0, 0.0),
-        steps=(1.0, 1.0), name=None if name is None else name + "_anchors")
-    x_max = mx.sym.slice(anchors, begin=(0, 0, 2), end=(1, len(sizes), 3))
-    return mx.sym.reshape(x_max, shape=(-1,), name=name)
+    for value, run in itertools.groupby(array.astype(np.float32).tolist()):
+        length = len(list(run))
+        constant = one * value
+        runs.append(mx.sym.tile(constant, reps=(length,)) if length > 1 else constant)
+    return mx.sym.concat(*runs, dim=0, name=name)
 
 
 def _position_weights(data, label, class_weight, ignore, name):
-    r"""Per-position :math:`w_{y_i}` (label's shape): ``+inf`` where a label is bad.
+    r"""Per-position :math:`w_{y_i}`: 0 where a label is ignored, NaN where it is bad.
 
-    One lookup in a table laid out for ``label + 2``: ``[inf, e, w_0 .. w_{C-1}, inf]``
-    with ``e`` the entry of -1 (1 when -1 is ignored, else inf). ``take`` clips indices,
-    so labels below -1 or at or above C land on an inf end. Any other ignore label
-    (e.g. 255) is moved onto the ``e`` slot first; the weight of an ignored position
-    does not matter, as its gradient is 0. The weights pass a ``reshape_like`` against
-    the class axis of ``data``, so a wrong length fails at bind, naming
+    ``label`` is shaped like ``data`` with a class axis of 1. The label rule and the
+    table are the Gluon loss's (:func:`gluon_losses.softmax_ce.position_weights`); here
+    the table is a graph constant, passed through a ``reshape_like`` against the class
+    axis of ``data``, so that a wrong length fails at bind, naming
     ``<name>_class_weight_check``.
     """
-    ignored_entry = 1.0 if ignore is not None else np.inf
-    classes = mx.sym.contrib.arange_like(data, axis=1)
-    if class_weight is None:
-        ends = graph_constant([np.inf, ignored_entry, np.inf])
-        middle = mx.sym.ones_like(classes)
-        head, tail = (mx.sym.slice_axis(ends, axis=0, begin=0, end=2),
-                      mx.sym.slice_axis(ends, axis=0, begin=2, end=3))
-    else:
-        table = graph_constant(np.concatenate([[np.inf, ignored_entry], class_weight, [np.inf]]),
-                               name=None if name is None else name + "_class_weight")
-        head, tail = (mx.sym.slice_axis(table, axis=0, begin=0, end=2),
-                      mx.sym.slice_axis(table, axis=0, begin=-1, end=None))
-        # reshape_like checks sizes (reshape with 0 or -1 in the shape does not).
-        middle = mx.sym.reshape_like(
-            mx.sym.slice_axis(table, axis=0, begin=2, end=-1), classes,
-            name=None if name is None else name + "_class_weight_check")
-    index = label + 2.0
     if ignore is not None and ignore != -1:
-        index = index - (label == ignore) * float(ignore + 1)
-    return mx.sym.take(mx.sym.concat(head, middle, tail, dim=0), index)
+        # Move the ignore label onto the table's slot for -1, and a real -1 below the
+        # table, where it is bad: a lookup keeps the weights in data's dtype (float16),
+        # which a mask computed from the float32 label would not.
+        ignored, minus_one = label == float(ignore), label == -1.0
+        label = label * (1.0 - ignored) - ignored - minus_one
+        ignore = -1
+    table = None
+    if class_weight is not None:
+        table = mx.sym.reshape_like(
+            graph_constant(class_weight, data, name=None if name is None else
+                           name + "_class_weight"),
+            mx.sym.contrib.arange_like(data, axis=1),
+            name=None if name is None else name + "_class_weight_check")
+    return position_weights(mx.sym, label, table, data, axis=1, ignore_label=ignore)
 
 
 def weighted_softmax_output(data, label, class_weight=None, ignore_label=-1, use_ignore=True,
@@ -182,33 +175,36 @@ def weighted_softmax_output(data, label, class_weight=None, ignore_label=-1, use
     weights = None
     if class_weight is not None:
         weights = as_weight_vector("class_weight", class_weight)
-        if weights.max() > CONSTANT_MAX:
-            raise ValueError("class_weight entries must be <= 2**126, got %r" % weights.max())
-    label = detached_label(mx.sym, label)
+    # float32 whatever the graph's dtype: the label is an index, exact in float32, and a
+    # Cast gives take an index type even where nothing binds a label (inference).
+    # SoftmaxOutput reads the label itself, and so gives it data's dtype and shape where
+    # nothing else does.
+    index_label = mx.sym.Cast(detached_label(mx.sym, label), dtype="float32")
+    # Scores as (N, C) or (B, C, P), labels as (N, 1) or (B, 1, P): reshape, unlike
+    # reshape_like, waits for a label shape that only SoftmaxOutput infers (inference).
     if multi_output:
-        # (B, C, d1, ...) as (B, C, P): either label layout works.
         scores = mx.sym.reshape(data, shape=(0, 0, -1))
-        label = mx.sym.reshape(label, shape=(0, -1))
-        position_weight = mx.sym.reshape(
-            _position_weights(data, label, weights, ignore, name), shape=(0, 1, -1))
+        label_positions = mx.sym.reshape(index_label, shape=(0, 1, -1))
     else:
-        scores = data
-        position_weight = mx.sym.expand_dims(
-            _position_weights(data, label, weights, ignore, name), axis=1)
-    # The value of the scores, exactly (s - s is 0); their gradient times w_y, and
-    # inf * 0 = NaN where a label is bad.
+        scores, label_positions = data, mx.sym.expand_dims(index_label, axis=1)
+    position_weight = _position_weights(scores, label_positions, weights, ignore, name)
     # broadcast_axis with a known size is many times faster than broadcast_like on CPU.
     if weights is None:
         position_weight = mx.sym.broadcast_like(position_weight, scores)
     else:
         position_weight = mx.sym.broadcast_axis(position_weight, axis=1, size=weights.size)
+    # The value of the scores, exactly (s - s is 0); their gradient times w_y, and
+    # 0 * NaN = NaN where a label is bad.
     fixed = mx.sym.BlockGrad(scores)
     weighted = fixed + (scores - fixed) * position_weight
-    probabilities = mx.sym.SoftmaxOutput(
+    if multi_output:
+        # back to data's layout, so that SoftmaxOutput's own output, named after it,
+        # is the result, and SoftmaxOutput takes every label layout it accepts
+        weighted = mx.sym.reshape_like(weighted, data)
+    return mx.sym.SoftmaxOutput(
         weighted, label, grad_scale=grad_scale, ignore_label=-1 if ignore is None else ignore,
         use_ignore=ignore is not None, normalization=normalization,
         multi_output=multi_output, name=name)
-    return mx.sym.reshape_like(probabilities, data) if multi_output else probabilities
 
 
 class WeightedCrossEntropy(mx.metric.EvalMetric):
@@ -331,6 +327,10 @@ def center_loss(data, label, num_classes, feature_dim, alpha=0.5, weight=1.0, ig
         centers = fixed + (centers - fixed) * alpha
     # The sum hands every one of the D copies of a count the same gradient n_j.
     counts = mx.sym.sum(mx.sym.slice_axis(state, axis=2, begin=1, end=2), axis=1)
+    # Features of another width than D fail at bind, naming this node: the loss would
+    # otherwise broadcast them against the centers into a wrong value.
+    data = mx.sym.reshape_like(data, centers, lhs_begin=1, rhs_begin=1,
+                               name=name + "_feature_dim_check")
     value = _center_loss_graph(mx.sym, data, label, centers, counts, num_classes, feature_dim,
                                weight=weight, ignore_label=ignore_label, sparse_grad=False)
     # 'null': the feature gradient is lambda (x - c) per sample, as in the Gluon loss.
