@@ -14,6 +14,7 @@ operator node, so they are saved in the symbol JSON and nothing that sets or tra
 parameters can reach them.
 """
 import itertools
+import json
 
 import numpy as np
 import mxnet as mx
@@ -28,9 +29,13 @@ from .softmax_ce import position_weights, weighted_softmax_ce
 
 __all__ = ["weighted_softmax_output", "WeightedCrossEntropy", "center_loss",
            "with_center_update", "center_state_name", "apply_center_state_update",
-           "graph_constant", "CENTER_STATE_SUFFIX", "CONSTANT_MAX"]
+           "graph_constant", "inference_graph", "CENTER_STATE_SUFFIX", "CONSTANT_MAX"]
 
 SOFTMAX_OUTPUT_NORMALIZATIONS = ("valid", "batch", "null")
+
+# Marks the node that applies the weights and the SoftmaxOutput after it, for
+# inference_graph.
+_WEIGHTING_ATTR = "__gluon_losses_weighting__"
 
 # Every float32 value up to this is stored exactly by graph_constant.
 CONSTANT_MAX = float(np.finfo(np.float32).max)
@@ -196,7 +201,8 @@ def weighted_softmax_output(data, label, class_weight=None, ignore_label=-1, use
     # The value of the scores, exactly (s - s is 0); their gradient times w_y, and
     # 0 * NaN = NaN where a label is bad.
     fixed = mx.sym.BlockGrad(scores)
-    weighted = fixed + (scores - fixed) * position_weight
+    weighted = mx.sym.elemwise_add(fixed, (scores - fixed) * position_weight,
+                                   attr={_WEIGHTING_ATTR: "1"})
     if multi_output:
         # back to data's layout, so that SoftmaxOutput's own output, named after it,
         # is the result, and SoftmaxOutput takes every label layout it accepts
@@ -204,7 +210,35 @@ def weighted_softmax_output(data, label, class_weight=None, ignore_label=-1, use
     return mx.sym.SoftmaxOutput(
         weighted, label, grad_scale=grad_scale, ignore_label=-1 if ignore is None else ignore,
         use_ignore=ignore is not None, normalization=normalization,
-        multi_output=multi_output, name=name)
+        multi_output=multi_output, name=name, attr={_WEIGHTING_ATTR: "1"})
+
+
+def inference_graph(symbol):
+    r"""``symbol`` with each :func:`weighted_softmax_output` replaced by the
+    ``softmax`` along axis 1 of its scores, under the same name: the graph that a host
+    which only predicts needs, without labels, and what ``mx.onnx.export_model``
+    converts.
+
+    Its outputs equal the training graph's forward outputs (``SoftmaxOutput`` computes
+    this softmax; the weighting changes only the gradient). MXNet 1.9.1's ONNX export
+    cannot convert the training graph, nor a stock net that ends in ``SoftmaxOutput``
+    with the opset of any ``onnx`` that installs on Python 3.11: its converter looks up
+    the label it has skipped.
+    """
+    graph = json.loads(symbol.tojson())
+    nodes = graph["nodes"]
+
+    def skip_weighting(entry):
+        # the weighting's first input is BlockGrad(scores), whose value it has
+        node = nodes[entry[0]]
+        return node["inputs"][0] if node.get("attrs", {}).get(_WEIGHTING_ATTR) else entry
+
+    for node in nodes:
+        node["inputs"] = [skip_weighting(entry) for entry in node["inputs"]]
+        if node["op"] == "SoftmaxOutput" and node.get("attrs", {}).get(_WEIGHTING_ATTR):
+            node.update(op="softmax", attrs={"axis": "1"}, inputs=node["inputs"][:1])
+    # load_json keeps what the outputs reach: the weighting and the labels go.
+    return mx.sym.load_json(json.dumps(graph))
 
 
 class WeightedCrossEntropy(mx.metric.EvalMetric):

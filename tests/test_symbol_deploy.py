@@ -8,7 +8,8 @@ import mxnet as mx
 import pytest
 
 from gluon_losses import WeightedSoftmaxCELoss
-from gluon_losses.symbol import center_loss, weighted_softmax_output
+from gluon_losses.symbol import center_loss, inference_graph, weighted_softmax_output
+from onnx_runtime import run_onnx_model
 from stock_mxnet import run_stock_python
 
 # (scores' layer, data shape): a classifier (N, C) and a per-pixel head (B, C, H, W)
@@ -202,3 +203,42 @@ def test_module_load_and_predict_on_a_host_with_only_mxnet(tmp_path, layout):
     assert result.stdout.split()[-1] == "False"
     np.testing.assert_array_equal(np.load(prefix + "-loaded.npy"), expected)
     np.testing.assert_array_equal(np.load(prefix + "-tutorial.npy"), expected[:shape[0]])
+
+
+def trained_head(layout, class_weight=(1.0, 2.0, 3.0, 0.5)):
+    scores, shape = head(layout)
+    symbol = weighted_softmax_output(scores, mx.sym.var("softmax_label"),
+                                     class_weight=list(class_weight),
+                                     multi_output=len(shape) > 2, name="softmax")
+    return symbol, shape, head_params(layout)
+
+
+@pytest.mark.parametrize("layout", sorted(HEADS))
+def test_inference_graph_gives_the_training_graphs_forward_without_labels(layout):
+    symbol, shape, params = trained_head(layout)
+    graph = inference_graph(symbol)
+    assert graph.list_arguments() == ["data", "fc_weight", "fc_bias"]
+    assert graph.list_outputs() == ["softmax_output"]
+    x = np.random.RandomState(7).randn(*shape).astype(np.float32)
+    y = np.zeros((shape[0],) + shape[2:], np.float32)
+    training = symbol.bind(mx.cpu(), dict(params, data=mx.nd.array(x),
+                                          softmax_label=mx.nd.array(y)))
+    inference = graph.bind(mx.cpu(), dict(params, data=mx.nd.array(x)))
+    np.testing.assert_array_equal(inference.forward()[0].asnumpy(),
+                                  training.forward(is_train=False)[0].asnumpy())
+
+
+@pytest.mark.parametrize("layout", sorted(HEADS))
+def test_onnx_export_of_the_inference_graph_runs_in_onnx_runtime(tmp_path, layout):
+    pytest.importorskip("onnx", reason="mx.onnx needs onnx (the test extra)")
+    symbol, shape, params = trained_head(layout)
+    graph = inference_graph(symbol)
+    x = np.random.RandomState(8).randn(*shape).astype(np.float32)
+    model = mx.onnx.export_model(graph, params, [shape], np.float32,
+                                 str(tmp_path / "net.onnx"))
+    np.savez(tmp_path / "inputs.npz", data=x)
+    result = run_onnx_model(model, str(tmp_path / "inputs.npz"), str(tmp_path / "out.npz"))
+    assert result.returncode == 0, result.stderr[-3000:]
+    expected = graph.bind(mx.cpu(), dict(params, data=mx.nd.array(x))).forward()[0].asnumpy()
+    np.testing.assert_allclose(np.load(tmp_path / "out.npz")["arr_0"], expected, rtol=1e-5,
+                               atol=1e-7)
