@@ -33,7 +33,7 @@ from .center_trainer import CenterTrainer
 from .center_update import apply_center_update, apply_dense_center_update, eq4_rows
 from .checks import (as_ndarray, check_center_loss_args, check_labels, check_not_empty,
                      check_shape)
-from .first_call import SerializedFirstCall
+from .mxnet_internals import SerializedFirstCall, is_hybridized, needs_initialize
 from .graph_ops import detached_label, poison_invalid
 
 __all__ = ["CenterLoss", "CenterTrainer", "center_loss", "apply_center_update",
@@ -278,10 +278,10 @@ class CenterLoss(SerializedFirstCall, Loss):
             label = label.reshape((batch,))
         else:
             check_shape("label", label_shape, (batch,), "features of shape %s" % (shape,))
-        if self.centers._data is None and not self.centers._deferred_init:
+        if needs_initialize(self.centers):
             raise RuntimeError("CenterLoss holds learned centers: call "
                                "loss.initialize(ctx=...) before using it")
-        if not self._active:
+        if not is_hybridized(self):
             # Imperative mode only: reading labels back is the price of a clear error.
             check_labels(label, self._num_classes, self._ignore_label)
         # Features of another float type are computed in the centers' dtype (float32

@@ -11,6 +11,7 @@ from mxnet import gluon, nd
 
 from .center_update import apply_center_update, apply_dense_center_update
 from .checks import check_float
+from .mxnet_internals import grad_is_fresh, grad_stype, mark_grad_used, set_rows
 
 __all__ = ["CenterTrainer"]
 
@@ -94,11 +95,11 @@ class CenterTrainer(gluon.Trainer):
             raise ValueError("compression_params is not supported by CenterTrainer: "
                              "compressed gradients would make Eq. 4 inexact")
         self.alpha = alpha
-        stypes = {centers._grad_stype, center_counts._grad_stype}
+        stypes = {grad_stype(centers), grad_stype(center_counts)}
         if len(stypes) != 1 or not stypes <= {"default", "row_sparse"}:
             raise ValueError("centers and center_counts must both have row_sparse or both "
                              "dense gradients, got %s and %s"
-                             % (centers._grad_stype, center_counts._grad_stype))
+                             % (grad_stype(centers), grad_stype(center_counts)))
         self._dense = stypes == {"default"}
         self._key_base = None
         # The optimizer is never called; gluon.Trainer wants one to exist.
@@ -169,7 +170,7 @@ class CenterTrainer(gluon.Trainer):
     def update(self, batch_size=None, ignore_stale_grad=False):
         """Apply Eq. 4 with the gradients summed by ``allreduce_grads``."""
         centers, counts = self._params
-        stale = [d for d in centers._check_and_get(centers._data, list) if not d._fresh_grad]
+        stale = [d for d in centers.list_data() if not grad_is_fresh(d)]
         if stale:
             if ignore_stale_grad:
                 return
@@ -190,7 +191,7 @@ class CenterTrainer(gluon.Trainer):
             else:
                 apply_center_update(w, c, rows, numerator, batch_counts, self.alpha)
         for d in centers.list_data() + counts.list_data():
-            d._fresh_grad = False
+            mark_grad_used(d)
         if centers.grad_req == "add":
             # Accumulated statistics (several backward passes) are spent by this step,
             # and the sums over contexts were written back into them: the next step
@@ -257,19 +258,14 @@ class CenterTrainer(gluon.Trainer):
             ctx = g.context
             # place[j] = position of class j in U, or -1.
             place = nd.full((num_classes,), -1, ctx=ctx)
-            nd._internal._scatter_set_nd(
-                lhs=place, rhs=nd.arange(used, ctx=ctx),
-                indices=rows.as_in_context(ctx).reshape((1, -1)), shape=place.shape,
-                out=place)
+            set_rows(place, rows.as_in_context(ctx), nd.arange(used, ctx=ctx))
             local = nd.take(place, g.indices)
             # Rows this worker saw only as ignored positions are not in U.
             present = local >= 0
             block = nd.zeros((height, g.shape[1]), ctx=ctx, dtype=g.dtype)
             if int(present.sum().asscalar()):
                 at = nd.contrib.boolean_mask(local, present).astype("int64")
-                nd._internal._scatter_set_nd(
-                    lhs=block, rhs=nd.contrib.boolean_mask(g.data, present),
-                    indices=at.reshape((1, -1)), shape=block.shape, out=block)
+                set_rows(block, at, nd.contrib.boolean_mask(g.data, present))
             blocks.append(block)
         self._sum_dense(("numerator", height), blocks)
         return [(rows.as_in_context(b.context), nd.slice_axis(b, axis=0, begin=0, end=used),

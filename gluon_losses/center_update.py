@@ -19,6 +19,8 @@ import mxnet as mx
 # center_optimizer) while mxnet is still initializing, before the alias exists.
 import mxnet.ndarray as nd
 
+from .mxnet_internals import set_rows
+
 __all__ = ["apply_center_update", "apply_dense_center_update", "eq4_rows"]
 
 
@@ -139,10 +141,5 @@ def apply_center_update(weight, counts, rows, numerator, batch_counts, alpha):
     args = (weight, counts, rows, numerator, batch_counts,
             _alpha_array(float(alpha), weight.context, weight.dtype))
     new_rows, new_counts = op(*[args[i] for i in order])
-    # _scatter_set_nd (what NDArray.__setitem__ uses for index arrays) writes only
-    # the listed rows of `out`, in place.
-    index = rows.reshape((1, -1))
-    nd._internal._scatter_set_nd(lhs=weight, rhs=new_rows, indices=index,
-                                 shape=weight.shape, out=weight)
-    nd._internal._scatter_set_nd(lhs=counts, rhs=new_counts, indices=index,
-                                 shape=counts.shape, out=counts)
+    set_rows(weight, rows, new_rows)
+    set_rows(counts, rows, new_counts)

@@ -9,6 +9,7 @@ operators (the graph :func:`gluon_losses.softmax_ce.weighted_softmax_ce` builds,
 import mxnet as mx
 
 from .checks import check_bool
+from .mxnet_internals import averaged_value, built_graph, registered_parameters
 
 __all__ = ["PortableExport"]
 
@@ -33,10 +34,10 @@ class PortableExport:
             raise ValueError("export(fused=True) needs a loss whose graph ran on the fused "
                              "operator, but this one runs on the MXNet-operator graph; "
                              "export with fused=False")
-        if fused or not self._use_fused or not self._cached_graph:
+        if fused or not self._use_fused or not built_graph(self):
             return super().export(path, epoch, remove_amp_cast)
-        inputs, _ = self._cached_graph
-        params = {name: param.var() for name, param in self._reg_params.items()}
+        inputs, _ = built_graph(self)
+        params = {name: param.var() for name, param in registered_parameters(self).items()}
         self._use_fused = False  # hybrid_forward builds the MXNet-operator graph
         try:
             with self.name_scope():
@@ -46,5 +47,6 @@ class PortableExport:
         graph.save("%s-symbol.json" % path, remove_amp_cast=remove_amp_cast)
         arguments = set(graph.list_arguments())
         mx.nd.save("%s-%04d.params" % (path, epoch),
-                   {"arg:" + param.name: param._reduce() for param in self._reg_params.values()
+                   {"arg:" + param.name: averaged_value(param)
+                    for param in registered_parameters(self).values()
                     if param.name in arguments})

@@ -4,7 +4,7 @@ Inside a hybridized graph nothing can raise, so a bad label turns the loss NaN
 (:func:`poison_invalid` for CenterLoss; the softmax loss gets the same effect from a
 NaN-guarded weight lookup), which the first logged loss value shows.
 """
-from .first_call import SETUP_LOCK
+from .mxnet_internals import SETUP_LOCK
 
 # Inside float32's range with room to spare: clip's bounds go through a double, and at
 # exactly float32's largest value MXNet 1.9's clip lets inf through.

@@ -12,7 +12,7 @@ from mxnet.gluon.loss import Loss
 from .checks import (as_ndarray, as_weight_vector, check_bool, check_choice, check_float,
                      check_ignore_label, check_labels, check_not_empty, check_shape, on_context)
 from .export import PortableExport
-from .first_call import SerializedFirstCall
+from .mxnet_internals import SerializedFirstCall, built_graph, clear_graph, is_hybridized
 from .graph_ops import CLIP_MAX, apply_scalar_weight, detached_label, ensure_on_context
 from . import fused
 
@@ -540,7 +540,7 @@ class WeightedSoftmaxCELoss(PortableExport, SerializedFirstCall, Loss):
         with self._calls_on(context):
             if context.device_type != self._fused_device:
                 self._choose_path(context)
-            if self._active:
+            if is_hybridized(self):
                 return self._run_cached_graph(context, pred, label, sample_weight)
             return super().forward(pred, label, sample_weight)
 
@@ -562,7 +562,7 @@ class WeightedSoftmaxCELoss(PortableExport, SerializedFirstCall, Loss):
             fused.disabled_by_environment())
         fused.log_path_once(why is None, why, unrequested)
         if self._use_fused != (why is None):
-            self._clear_cached_op()  # a graph built for the other path
+            clear_graph(self)  # a graph built for the other path
         self._use_fused = why is None
         self._fused_device = context.device_type
 
@@ -594,21 +594,21 @@ class WeightedSoftmaxCELoss(PortableExport, SerializedFirstCall, Loss):
             label = label.reshape(label_shape)
         if weight_shape is not None:
             sample_weight = sample_weight.reshape(weight_shape)
-        built = bool(self._active and self._cached_graph)
+        built = bool(is_hybridized(self) and built_graph(self))
         if built and self._built_with_sample_weight != (sample_weight is not None):
             raise ValueError(
                 "sample_weight was %s on the call that built this hybridized loss and is %s "
                 "now; pass sample_weight on every call or on none (ones weigh nothing), or "
                 "call hybridize() again" % (("given", "None") if self._built_with_sample_weight
                                             else ("None", "given")))
-        if not self._active:
+        if not is_hybridized(self):
             if self._sparse_label:
                 check_labels(label, class_count, self._ignore_label)
         elif built and self._graph_depends_on(ndim):
             raise ValueError("pred has %d dimensions but this hybridized loss was built for %d;"
                              " call hybridize() again" % (ndim, self._built_ndim))
         if built and (class_count == 1) != self._built_single_class:
-            self._clear_cached_op()  # C = 1 has a graph of its own (see weighted_softmax_ce)
+            clear_graph(self)  # C = 1 has a graph of its own (see weighted_softmax_ce)
             built = False
         if not built:
             self._built_ndim = ndim
@@ -720,7 +720,7 @@ class WeightedSoftmaxCELoss(PortableExport, SerializedFirstCall, Loss):
         """This loss's settings applied to ``pred``, times ``scale``: the fused operator
         when :meth:`_choose_path` picked it, else the MXNet-operator graph."""
         if class_weight is not None and F is mx.nd:
-            class_weight = class_weight.detach()  # a handle per call: see first_call.py
+            class_weight = class_weight.detach()  # a handle per call: see mxnet_internals.py
         if self._use_fused:
             return fused.softmax_ce(
                 F, pred, detached_label(F, label), class_weight, sample_weight, axis=self._axis,

@@ -13,7 +13,7 @@ import pytest
 import mxnet as mx
 
 from gluon_losses import CenterLoss, MixWeightedSoftmaxCELoss, WeightedSoftmaxCELoss
-from gluon_losses import first_call
+from gluon_losses import mxnet_internals
 from reference import run_loss
 
 CONTEXTS = [mx.cpu(0), mx.cpu(1)]
@@ -123,7 +123,7 @@ def test_graph_builds_never_overlap(pool):
 def test_without_the_lock_overlapping_builds_fail(pool, monkeypatch):
     # The control for the test above: the same rendezvous, with the serialization
     # removed, reproduces the reported failure.
-    monkeypatch.setattr(first_call, "SETUP_LOCK", contextlib.nullcontext())
+    monkeypatch.setattr(mxnet_internals, "SETUP_LOCK", contextlib.nullcontext())
     errors, most_inside = _overlapping_builds(pool)
     assert most_inside == 2
     assert any(isinstance(e, AttributeError) and "__exit__" in str(e) for e in errors), errors

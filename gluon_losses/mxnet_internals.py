@@ -1,5 +1,14 @@
-"""One-time setup of a loss, made safe for concurrent first calls.
+"""Every private MXNet name the package relies on, and nothing else.
 
+Each is used through a function or the mixin below, and
+``tests/test_mxnet_internals.py`` checks that MXNet 1.9.1 still behaves as each of them
+assumes, so that an MXNet change fails there, naming the assumption, instead of
+somewhere inside a loss. (``fused/__init__.py`` keeps the C API calls that load the
+operator's library, with their own tests in ``tests/test_fused.py``; the datasets'
+private fields that ``dataset_labels.py`` reads are GluonCV's and gluon.data's.)
+
+One-time setup of a loss, made safe for concurrent first calls
+--------------------------------------------------------------
 GluonCV's ``DataParallelCriterion(..., sync=True)`` and ``Parallel`` call one loss
 object from one thread per context at the same moment. A hybridized ``HybridBlock``
 builds its graph on its first call inside the block's name scope, whose state is
@@ -20,6 +29,7 @@ pattern, never wait for each other.
 """
 import threading
 
+from mxnet import nd
 from mxnet.gluon.block import _regroup
 from mxnet.ndarray import NDArray
 
@@ -74,3 +84,59 @@ class SerializedFirstCall:
         out = self._cached_op(*[present[i] if is_arg else i.data(context).detach()
                                 for is_arg, i in self._cached_op_args])
         return out if isinstance(out, NDArray) else _regroup(out, self._out_format)
+
+
+# ---------------------------------------------------------------- blocks
+def is_hybridized(block):
+    """Whether ``block.hybridize()`` is on (its calls build and run a graph)."""
+    return block._active
+
+
+def built_graph(block):
+    """``(inputs, outputs)`` symbols of the graph ``block`` built on its last hybridized
+    call, or ``()`` before one (or after :func:`clear_graph`)."""
+    return block._cached_graph
+
+
+def clear_graph(block):
+    """Drop ``block``'s built graph, so that its next hybridized call builds anew."""
+    block._clear_cached_op()
+
+
+def registered_parameters(block):
+    """``{attribute name: Parameter}`` of the parameters ``block`` itself holds."""
+    return block._reg_params
+
+
+# ---------------------------------------------------------------- parameters and arrays
+def needs_initialize(param):
+    """Whether ``param`` was never given to ``initialize`` (not even deferred)."""
+    return param._data is None and not param._deferred_init
+
+
+def grad_stype(param):
+    """The storage type of ``param``'s gradient: ``'default'`` or ``'row_sparse'``."""
+    return param._grad_stype
+
+
+def averaged_value(param):
+    """``param``'s value on the CPU, averaged over its contexts (what ``save`` writes)."""
+    return param._reduce()
+
+
+def grad_is_fresh(array):
+    """Whether a backward pass wrote ``array``'s gradient since :func:`mark_grad_used`."""
+    return array._fresh_grad
+
+
+def mark_grad_used(array):
+    """Mark ``array``'s gradient consumed, as ``Trainer.step`` does."""
+    array._fresh_grad = False
+
+
+def set_rows(target, rows, values):
+    """``target[rows] = values`` in place, for an int ``rows`` vector of indices along
+    axis 0: the op ``NDArray.__setitem__`` runs for an index array, called directly so
+    that it writes only those rows."""
+    nd._internal._scatter_set_nd(lhs=target, rhs=values, indices=rows.reshape((1, -1)),
+                                 shape=target.shape, out=target)
