@@ -135,12 +135,15 @@ def test_faster_rcnn_example_trains_with_horovod_on_two_ranks(tmp_path, shapes_r
     assert results["softmax_ce_paths"]  # the loss ran, on whichever path
 
 
+@pytest.mark.parametrize("how", ["stopped", "killed"])
 def test_faster_rcnn_stalled_rank_ends_the_other_and_a_resume_is_bitwise_equal(
-        tmp_path, shapes_root):
-    """Rank 1 is stopped (SIGSTOP) once epoch 1 is checkpointed: rank 0's next collective
-    waits forever, and its watchdog must end it with status 75 and a message naming
-    Horovod and the resume command, within the timeout. Relaunched with --resume, the
-    job's epoch 2 equals epoch 2 of an uninterrupted run bitwise."""
+        tmp_path, shapes_root, how):
+    """Rank 1 is stopped (SIGSTOP) or killed (SIGKILL) once epoch 1 is checkpointed.
+    Stopped, it leaves rank 0's next collective waiting forever, and rank 0's watchdog
+    must end it with status 75 and a message naming Horovod and the resume command,
+    within the timeout. Killed, horovodrun sees the exit and ends rank 0 itself, naming
+    the rank. Either way, relaunched with --resume, the job's epoch 2 equals epoch 2 of
+    an uninterrupted run bitwise."""
     import signal
     import time
     import psutil
@@ -155,7 +158,7 @@ def test_faster_rcnn_stalled_rank_ends_the_other_and_a_resume_is_bitwise_equal(
         for child in psutil.Process(proc.pid).children(recursive=True):
             try:
                 if child.environ().get("HOROVOD_RANK") == "1":
-                    child.send_signal(signal.SIGSTOP)
+                    child.send_signal(signal.SIGSTOP if how == "stopped" else signal.SIGKILL)
                     return
             except (psutil.NoSuchProcess, psutil.AccessDenied):
                 pass
@@ -168,10 +171,14 @@ def test_faster_rcnn_stalled_rank_ends_the_other_and_a_resume_is_bitwise_equal(
         timeout=300, meanwhile=stop_rank_one_after_epoch_one)
     assert time.monotonic() - started < 300
     assert returncode != 0
-    rank0 = "\n".join(rank_lines(output, 0))
-    assert "stalled" in rank0.lower() or "no progress" in rank0.lower(), output[-5000:]
-    assert "horovod" in rank0.lower(), output[-5000:]
-    assert "--resume" in rank0 and "Exiting with status 75." in rank0, output[-5000:]
+    if how == "stopped":
+        rank0 = "\n".join(rank_lines(output, 0))
+        assert "stalled" in rank0.lower() or "no progress" in rank0.lower(), output[-5000:]
+        assert "horovod" in rank0.lower(), output[-5000:]
+        assert "--resume" in rank0 and "Exiting with status 75." in rank0, output[-5000:]
+    else:
+        assert "Process 1 exit with status code 137" in output, output[-5000:]
+        assert "Terminating remaining workers" in output, output[-5000:]
 
     returncode, output = run_horovod(
         _faster_rcnn_args(shapes_root, out, "--epochs", "2", "--resume", out,
