@@ -1,10 +1,11 @@
-"""The fused operator under grad_req='add'.
+"""The fused operator under grad_req='add', and its label smoothing at large logits.
 
 MXNet 1.9's library-operator interface does not tell the fused backward whether it is
 to write or add its gradient, so the loss routes a leaf ``pred`` through one of MXNet's
 own operators (see gluon_losses/fused/__init__.py). These tests accumulate two passes
 into gradients on every path that reaches the operator and compare them with float64
-references and with ``fused=False``.
+references and with ``fused=False``; the smoothing tests pin the operator's loss and
+gradient at logits 1e5 + N(0, 1), where a float32 mean of the logits loses the loss.
 """
 import numpy as np
 import pytest
@@ -239,3 +240,42 @@ def test_exported_fused_graph_with_grad_req_add(tmp_path):
         out.backward()
     _assert_gradient(x.grad.asnumpy(),
                      _row_gradient(pred, labels[0]) + _row_gradient(pred, labels[1]))
+
+
+# --- B: label smoothing at large logits --------------------------------------------------
+
+def _smoothing_case(shape, seed=5):
+    rng = np.random.RandomState(seed)
+    pred = (1e5 + rng.randn(*shape)).astype(np.float32)
+    classes = shape[1]
+    label_shape = shape[:1] + shape[2:]
+    label = rng.randint(0, classes, label_shape).astype(np.float32)
+    return pred, label
+
+
+@pytest.mark.parametrize("shape, axis", [((64, 10), -1), ((64, 1000), -1), ((4, 10, 3, 5), 1)])
+def test_label_smoothing_at_logits_near_1e5_matches_float64(shape, axis):
+    """max - mean(logits) taken from float32 sums near 1e5 erred by 1e-4 of the loss
+    (5e-4 on a sample); from float64 sums of logit - max it is at float32 rounding."""
+    pred, label = _smoothing_case(shape)
+    eps = 0.1
+    value, grad = reference.run_loss(_loss(True, label_smoothing=eps, axis=axis), pred, label)
+    expected = reference.softmax_ce(pred, label, axis=axis, label_smoothing=eps)
+    np.testing.assert_allclose(value, expected, rtol=1e-5, atol=0)
+    moved = np.moveaxis(pred, axis, -1)
+    positions = label.size / label.shape[0]  # 'valid': each sample's output is a mean
+    expected_grad = np.moveaxis(_row_gradient(moved.reshape(-1, shape[axis]), label.ravel(), eps)
+                                .reshape(moved.shape), -1, axis) / positions
+    np.testing.assert_allclose(grad, expected_grad, rtol=1e-5, atol=1e-5 * np.abs(
+        expected_grad).max())
+
+
+def test_label_smoothing_at_the_float32_limit_stays_finite_and_exact():
+    """Logits of both signs near 3e38: their differences overflow float32 but not the
+    float64 sum, and the loss is a finite float32 value close to the reference."""
+    pred = np.array([[3e38, -3e38, 0.0, 1.0], [-3e38, 2e38, 3e38, -1e38]], np.float32)
+    label = np.array([0, 2], np.float32)
+    value, grad = reference.run_loss(_loss(True, label_smoothing=0.1), pred, label)
+    assert np.all(np.isfinite(value)) and np.all(np.isfinite(grad))
+    expected = reference.softmax_ce(pred, label, label_smoothing=0.1)
+    np.testing.assert_allclose(value, expected, rtol=1e-6)
