@@ -535,11 +535,15 @@ class WeightedSoftmaxCELoss(PortableExport, SerializedFirstCall, Loss):
 
     def forward(self, pred, label, sample_weight=None):
         if isinstance(pred, mx.sym.Symbol):
+            if self._use_fused:  # the fused operator cannot add to a gradient: see fused
+                pred = fused.composed_input(pred)
             return super().forward(pred, label, sample_weight)
         pred, label, sample_weight, context = self._prepare(pred, label, sample_weight)
         with self._calls_on(context):
             if context.device_type != self._fused_device:
                 self._choose_path(context)
+            if self._use_fused:  # the fused operator cannot add to a gradient: see fused
+                pred = fused.gradient_input(pred)
             if is_hybridized(self):
                 return self._run_cached_graph(context, pred, label, sample_weight)
             return super().forward(pred, label, sample_weight)

@@ -25,7 +25,7 @@ from mxnet.symbol.register import _make_symbol_function
 from . import build as _build
 
 __all__ = ["OP_NAME", "available", "unavailable_reason", "softmax_ce", "library_path",
-           "load_cached", "log_path_once", "BUILD_COMMAND"]
+           "load_cached", "log_path_once", "BUILD_COMMAND", "gradient_input", "composed_input"]
 
 OP_NAME = "gluon_losses_softmax_ce"
 ENV_SWITCH = "GLUON_LOSSES_FUSED"
@@ -170,6 +170,45 @@ def paths_taken():
     strings (``'fused'``, or ``'graph: <why>'``); examples store it with their results,
     since the two paths round differently."""
     return sorted("fused" if fused else "graph: %s" % why for fused, why in _state["logged"])
+
+
+# Why the two functions below exist: MXNet 1.9's library-operator interface hands the
+# operator its arrays but not the write request of each output (CustomFComputeDispatcher
+# in src/c_api/c_api.cc drops `req`; lib_api.h's MXTensor has no field for it), so the
+# fused backward cannot tell kAddTo from kWriteTo and always writes. Where its gradient
+# output is the buffer of a leaf with grad_req='add' (an NDArray given attach_grad, a
+# Parameter's data fed straight in, the input of a hybridized block), MXNet asks it to
+# add. Both functions put one of MXNet's own operators between ``pred`` and the fused
+# node there: that operator's backward honours the request, and the fused backward
+# writes into a buffer of its own. (A statically allocated graph in which eight or more
+# fused losses read the same logits still loses gradients, with or without them: see
+# docs/fused.md, Limits.)
+
+
+def gradient_input(pred):
+    """``pred`` as an ``mx.nd`` call of the fused operator should take it.
+
+    While autograd records and ``pred`` is a leaf (it has a gradient buffer), a recorded
+    reshape to its own shape: a view, so the forward copies nothing, whose backward is
+    MXNet's copy, which adds for grad_req='add' and writes for 'write'. Anything else
+    (the usual case, a network's output) is returned as it is, at no cost.
+    """
+    if mx.autograd.is_recording() and pred.grad is not None:
+        return pred.reshape(pred.shape)
+    return pred
+
+
+def composed_input(pred):
+    """``pred`` as the fused node should take it in a graph composed on symbols (the
+    loss inside another block's graph, or on the caller's symbols), where nothing says
+    whether the entry will be a leaf with grad_req='add'.
+
+    ``identity``: MXNet marks it in place (FInplaceIdentity), so where ``pred`` is
+    another node's output with no other consumer the planner gives both one buffer and
+    nothing is copied; on a graph input it copies ``pred`` in the forward and its
+    gradient in the backward, with the request MXNet gives it.
+    """
+    return mx.sym.identity(pred)
 
 
 def softmax_ce(F, pred, label, class_weight=None, sample_weight=None, axis=-1, ignore_label=-1,

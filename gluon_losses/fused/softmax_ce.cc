@@ -150,11 +150,15 @@ constexpr int kBlock = 256;
 
 // Strided layout: positions contiguous, classes `inner` apart. Fills max and sum of
 // exp(x - max) for `count` positions starting at `x`; optionally writes the
-// exponentials to `exps` (same layout) and the mean logit for label smoothing (summed
-// as x / C, so logits near the float32 limit do not overflow the sum).
+// exponentials to `exps` (same layout) and, for label smoothing, the sum over classes
+// of x - max in float64 (`shifted_sums`). Label smoothing needs max - mean(x); taken as
+// the difference of two float32 numbers near the logits' magnitude, it cancels: at
+// logits 1e5 + N(0, 1) the mean's rounding (ulp 0.008) is the whole O(1) difference.
+// The shifted terms are small where the logits are close, and float64 holds a
+// difference of float32 values near their limit (3e38 - (-3e38)) without overflow.
 __attribute__((always_inline)) inline void strided_stats_body(
     const float* x, int64_t count, int64_t C, int64_t inner, float* maxes, float* sums,
-    float* exps, float* logit_means) {
+    float* exps, double* shifted_sums) {
   for (int64_t t = 0; t < count; ++t) maxes[t] = x[t];
   for (int64_t c = 1; c < C; ++c) {
     const float* row = x + c * inner;
@@ -162,8 +166,7 @@ __attribute__((always_inline)) inline void strided_stats_body(
     for (int64_t t = 0; t < count; ++t) maxes[t] = row[t] > maxes[t] ? row[t] : maxes[t];
   }
   for (int64_t t = 0; t < count; ++t) sums[t] = 0.f;
-  if (logit_means) for (int64_t t = 0; t < count; ++t) logit_means[t] = 0.f;
-  const float inv_classes = 1.f / static_cast<float>(C);
+  if (shifted_sums) for (int64_t t = 0; t < count; ++t) shifted_sums[t] = 0.0;
   for (int64_t c = 0; c < C; ++c) {
     const float* row = x + c * inner;
     if (exps) {
@@ -178,17 +181,19 @@ __attribute__((always_inline)) inline void strided_stats_body(
 #pragma omp simd
       for (int64_t t = 0; t < count; ++t) sums[t] += exp_nonpositive(row[t] - maxes[t]);
     }
-    if (logit_means) {
+    if (shifted_sums) {
 #pragma omp simd
-      for (int64_t t = 0; t < count; ++t) logit_means[t] += row[t] * inv_classes;
+      for (int64_t t = 0; t < count; ++t) {
+        shifted_sums[t] += static_cast<double>(row[t]) - static_cast<double>(maxes[t]);
+      }
     }
   }
 }
 
 GL_MULTIVERSION
 void strided_stats(const float* x, int64_t count, int64_t C, int64_t inner, float* maxes,
-                   float* sums, float* exps, float* logit_means) {
-  strided_stats_body(x, count, C, inner, maxes, sums, exps, logit_means);
+                   float* sums, float* exps, double* shifted_sums) {
+  strided_stats_body(x, count, C, inner, maxes, sums, exps, shifted_sums);
 }
 
 // Up to this many classes, rows are transposed into a tile and reduced across positions:
@@ -213,14 +218,13 @@ void tile_to_rows_scaled(const float* tile, int64_t count, int64_t C, const floa
 // Row layout: each position's C classes are contiguous. `exps` is in row layout too.
 GL_MULTIVERSION
 void row_stats(const float* x, int64_t count, int64_t C, float* maxes, float* sums,
-               float* exps, float* logit_means) {
+               float* exps, double* shifted_sums) {
   if (C <= kFewClasses && !exps) {
     float tile[kFewClasses * kBlock];
     rows_to_tile(x, count, C, tile);
-    strided_stats_body(tile, count, C, count, maxes, sums, nullptr, logit_means);
+    strided_stats_body(tile, count, C, count, maxes, sums, nullptr, shifted_sums);
     return;
   }
-  const float inv_classes = 1.f / static_cast<float>(C);
   for (int64_t t = 0; t < count; ++t) {
     const float* row = x + t * C;
     float m = row[0];
@@ -241,11 +245,12 @@ void row_stats(const float* x, int64_t count, int64_t C, float* maxes, float* su
     }
     maxes[t] = m;
     sums[t] = s;
-    if (logit_means) {
-      float total = 0.f;
+    if (shifted_sums) {  // float64, shifted by the max: see strided_stats_body
+      double total = 0.0;
+      const double shift = m;
 #pragma omp simd reduction(+:total)
-      for (int64_t c = 0; c < C; ++c) total += row[c] * inv_classes;
-      logit_means[t] = total;
+      for (int64_t c = 0; c < C; ++c) total += static_cast<double>(row[c]) - shift;
+      shifted_sums[t] = total;
     }
   }
 }
@@ -493,13 +498,14 @@ MXReturnValue forward(const std::unordered_map<std::string, std::string>& attrs,
     for (int64_t b = 0; b < blocks; ++b) {
       int64_t first, count, offset;
       block_at(geo, b, &first, &count, &offset);
-      float maxes[kBlock], sums[kBlock], logs[kBlock], logit_means[kBlock];
+      float maxes[kBlock], sums[kBlock], logs[kBlock];
+      double shifted_sums[kBlock];
       const float* x = in.pred + offset;
       if (geo.inner == 1) {
-        row_stats(x, count, geo.C, maxes, sums, nullptr, eps > 0 ? logit_means : nullptr);
+        row_stats(x, count, geo.C, maxes, sums, nullptr, eps > 0 ? shifted_sums : nullptr);
       } else {
         strided_stats(x, count, geo.C, geo.inner, maxes, sums, nullptr,
-                      eps > 0 ? logit_means : nullptr);
+                      eps > 0 ? shifted_sums : nullptr);
       }
       log_block(sums, count, logs);
       for (int64_t t = 0; t < count; ++t) {
@@ -511,8 +517,9 @@ MXReturnValue forward(const std::unordered_map<std::string, std::string>& attrs,
         if (w != 0.f) {  // no weight: exactly 0, whatever the logits
           const double m = maxes[t];
           double value = (m - x[element(geo, t, cls)]) + logs[t];
-          if (eps > 0) {
-            value = (1 - eps) * value + eps * ((m - logit_means[t]) + logs[t]);
+          if (eps > 0) {  // the uniform target's term: max - mean(x) + log(sum), in float64
+            const double shifted_mean = shifted_sums[t] / static_cast<double>(geo.C);
+            value = (1 - eps) * value + eps * (logs[t] - shifted_mean);
           }
           term = static_cast<double>(w) * value;
         }
