@@ -9,6 +9,7 @@ operators (the graph :func:`gluon_losses.softmax_ce.weighted_softmax_ce` builds,
 import mxnet as mx
 
 from .checks import check_bool
+from .fused import composed_input
 from .mxnet_internals import averaged_value, built_graph, registered_parameters
 
 __all__ = ["PortableExport"]
@@ -34,11 +35,13 @@ class PortableExport:
             raise ValueError("export(fused=True) needs a loss whose graph ran on the fused "
                              "operator, but this one runs on the MXNet-operator graph; "
                              "export with fused=False")
-        if fused or not self._use_fused or not built_graph(self):
-            return super().export(path, epoch, remove_amp_cast)
+        if not built_graph(self) or not (fused or self._use_fused):
+            return super().export(path, epoch, remove_amp_cast)  # the graph as it ran
         inputs, _ = built_graph(self)
         params = {name: param.var() for name, param in registered_parameters(self).items()}
-        self._use_fused = False  # hybrid_forward builds the MXNet-operator graph
+        if fused:  # as the graph composed on symbols has it: see fused.composed_input
+            inputs = [composed_input(inputs[0])] + list(inputs[1:])
+        self._use_fused = fused  # hybrid_forward builds the graph of that path
         try:
             with self.name_scope():
                 graph = self.hybrid_forward(mx.sym, *inputs, **params)

@@ -222,8 +222,6 @@ def test_eight_fused_losses_on_one_logits_in_a_static_graph():
     _assert_gradient(x.grad.asnumpy(), expected, atol=1e-5)
 
 
-@pytest.mark.xfail(strict=True, reason="export(fused=True) writes the fused node on the "
-                   "graph's input, whose gradient buffer it cannot add to")
 def test_exported_fused_graph_with_grad_req_add(tmp_path):
     pred, labels = _case(7)
     loss = _loss(None, "dynamic")
