@@ -538,11 +538,19 @@ class WeightedSoftmaxCELoss(PortableExport, SerializedFirstCall, Loss):
             if self._use_fused:  # the fused operator cannot add to a gradient: see fused
                 pred = fused.composed_input(pred)
             return super().forward(pred, label, sample_weight)
+        weight_wants_grad = (sample_weight is not None and mx.autograd.is_recording()
+                             and getattr(sample_weight, "grad", None) is not None)
         pred, label, sample_weight, context = self._prepare(pred, label, sample_weight)
         with self._calls_on(context):
             if context.device_type != self._fused_device:
                 self._choose_path(context)
             if self._use_fused:  # the fused operator cannot add to a gradient: see fused
+                if weight_wants_grad:
+                    raise ValueError(
+                        "sample_weight has a gradient buffer (attach_grad) and autograd is "
+                        "recording, but the fused operator gives no gradient for "
+                        "sample_weight: build the loss with fused=False to train the "
+                        "weights, or pass sample_weight.detach()")
                 pred = fused.gradient_input(pred)
             if is_hybridized(self):
                 return self._run_cached_graph(context, pred, label, sample_weight)

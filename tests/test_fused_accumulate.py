@@ -277,3 +277,34 @@ def test_label_smoothing_at_the_float32_limit_stays_finite_and_exact():
     assert np.all(np.isfinite(value)) and np.all(np.isfinite(grad))
     expected = reference.softmax_ce(pred, label, label_smoothing=0.1)
     np.testing.assert_allclose(value, expected, rtol=1e-6)
+
+
+@pytest.mark.parametrize("hybridize", [False, True])
+def test_sample_weight_with_a_gradient_is_refused_on_the_fused_path_and_trained_on_the_graph(
+        hybridize):
+    """The fused operator has no gradient for sample_weight: asking for one raises,
+    naming the fix, instead of a silent zero; fused=False gives the true gradient."""
+    rng = np.random.RandomState(11)
+    pred = nd.array(rng.randn(4, 3))
+    label = nd.array([0, 2, 1, 2])
+    weights = rng.uniform(0.5, 2.0, size=(4,)).astype(np.float32)
+    fused_loss = WeightedSoftmaxCELoss(normalization="none", fused=True)
+    graph_loss = WeightedSoftmaxCELoss(normalization="none", fused=False)
+    if hybridize:
+        fused_loss.hybridize()
+        graph_loss.hybridize()
+    sample_weight = nd.array(weights)
+    sample_weight.attach_grad()
+    with autograd.record():
+        with pytest.raises(ValueError, match="sample_weight.*fused=False"):
+            fused_loss(pred, label, sample_weight)
+        value = graph_loss(pred, label, sample_weight)
+    value.backward()
+    # d(w_i * l_i)/d w_i = l_i, the unweighted loss
+    log_p = pred.asnumpy() - np.log(np.exp(pred.asnumpy()).sum(axis=1, keepdims=True))
+    unweighted = -log_p[np.arange(4), label.asnumpy().astype(int)]
+    np.testing.assert_allclose(sample_weight.grad.asnumpy(), unweighted, rtol=1e-5)
+    # detached weights (the usual case) still run fused
+    with autograd.record():
+        fused_value = fused_loss(pred, label, sample_weight.detach())
+    np.testing.assert_allclose(fused_value.asnumpy(), value.asnumpy(), rtol=1e-5)
