@@ -6,14 +6,11 @@ use. Where it cannot be made (no registry), the tests that need it skip with the
 """
 import os
 import subprocess
-import sys
 
-import pytest
+from stock_mxnet import venv_python
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 ONNX_VENV = os.path.join(ROOT, ".venv-onnx")
-ONNX_PYTHON = os.path.join(ONNX_VENV, "bin", "python")
-STAMP = os.path.join(ONNX_VENV, ".installed")
 
 # Runs a model on inputs.npz's arrays (named as the model's inputs); saves outputs.npz.
 RUN_MODEL = """
@@ -29,18 +26,7 @@ np.savez(sys.argv[3], *outputs)
 
 def onnx_python():
     """The ONNX venv's interpreter, made on first call; skips the test if it cannot be."""
-    if not os.path.exists(STAMP):
-        try:
-            subprocess.run([sys.executable, "-m", "venv", "--clear", ONNX_VENV], check=True,
-                           timeout=120, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
-            subprocess.run([ONNX_PYTHON, "-m", "pip", "install", "-q", "onnxruntime"],
-                           check=True, timeout=600, stdout=subprocess.PIPE,
-                           stderr=subprocess.STDOUT, universal_newlines=True)
-        except (subprocess.CalledProcessError, subprocess.TimeoutExpired) as error:
-            pytest.skip("the onnxruntime venv could not be made: %s" % (
-                getattr(error, "output", None) or error,))
-        open(STAMP, "w").close()
-    return ONNX_PYTHON
+    return venv_python(ONNX_VENV, ["onnxruntime"], "onnxruntime")
 
 
 def run_onnx_model(model_path, inputs_path, outputs_path, timeout=120):

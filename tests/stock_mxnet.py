@@ -15,26 +15,33 @@ import pytest
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 STOCK_VENV = os.path.join(ROOT, ".venv-stock")
-STOCK_PYTHON = os.path.join(STOCK_VENV, "bin", "python")
-STAMP = os.path.join(STOCK_VENV, ".installed")
 # The deployment host's whole environment: what setup.cfg's install_requires pins.
 STOCK_REQUIREMENTS = ("mxnet==1.9.1", "numpy<1.24")
 
 
-def stock_python():
-    """The stock venv's interpreter, made on first call; skips the test if it cannot be."""
-    if not os.path.exists(STAMP):
+def venv_python(venv, requirements, purpose):
+    """The interpreter of the venv at ``venv`` holding ``requirements``, made on first
+    call (a stamp file marks it done); skips the test, naming ``purpose``, if it cannot
+    be made."""
+    python = os.path.join(venv, "bin", "python")
+    stamp = os.path.join(venv, ".installed")
+    if not os.path.exists(stamp):
         try:
-            subprocess.run([sys.executable, "-m", "venv", "--clear", STOCK_VENV], check=True,
+            subprocess.run([sys.executable, "-m", "venv", "--clear", venv], check=True,
                            timeout=120, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
-            subprocess.run([STOCK_PYTHON, "-m", "pip", "install", "-q"] + list(STOCK_REQUIREMENTS),
+            subprocess.run([python, "-m", "pip", "install", "-q"] + list(requirements),
                            check=True, timeout=600, stdout=subprocess.PIPE,
                            stderr=subprocess.STDOUT, universal_newlines=True)
         except (subprocess.CalledProcessError, subprocess.TimeoutExpired) as error:
-            pytest.skip("the stock-MXNet venv could not be made: %s" % (
-                getattr(error, "output", None) or error,))
-        open(STAMP, "w").close()
-    return STOCK_PYTHON
+            pytest.skip("the %s venv could not be made: %s" % (
+                purpose, getattr(error, "output", None) or error,))
+        open(stamp, "w").close()
+    return python
+
+
+def stock_python():
+    """The stock venv's interpreter, made on first call; skips the test if it cannot be."""
+    return venv_python(STOCK_VENV, STOCK_REQUIREMENTS, "stock-MXNet")
 
 
 def run_stock_python(code, cwd, timeout=120, **env):

@@ -57,6 +57,18 @@ def _assert_gradient(actual, expected, atol=2e-6):
     np.testing.assert_allclose(actual, expected, rtol=1e-5, atol=atol)
 
 
+def _assert_accumulates_both_passes(block, pred, labels):
+    """Two backward passes of ``block(x, label)`` into x.grad with grad_req='add' sum."""
+    x = nd.array(pred)
+    x.attach_grad(grad_req="add")
+    for label in labels:
+        with autograd.record():
+            out = block(x, nd.array(label))
+        out.backward()
+    _assert_gradient(x.grad.asnumpy(),
+                     _row_gradient(pred, labels[0]) + _row_gradient(pred, labels[1]))
+
+
 # --- A: grad_req='add' where the fused backward's gradient is the leaf's ----------------
 
 @pytest.mark.parametrize("hybrid", HYBRID)
@@ -167,15 +179,8 @@ def test_loss_inside_a_hybridized_block_accumulates_into_its_input(static):
     assert loss._use_fused
     outer = _Outer(loss)
     outer.hybridize(static_alloc=static, static_shape=static)
-    x = nd.array(pred)
-    x.attach_grad(grad_req="add")
-    for label in labels:
-        with autograd.record():
-            out = outer(x, nd.array(label))
-        out.backward()
+    _assert_accumulates_both_passes(outer, pred, labels)
     assert "gluon_losses_softmax_ce" in outer._cached_graph[1].tojson()
-    _assert_gradient(x.grad.asnumpy(),
-                     _row_gradient(pred, labels[0]) + _row_gradient(pred, labels[1]))
 
 
 def test_a_network_output_reaches_the_operator_unwrapped():
@@ -230,14 +235,7 @@ def test_exported_fused_graph_with_grad_req_add(tmp_path):
     loss.export(prefix, fused=True)
     block = gluon.SymbolBlock.imports(prefix + "-symbol.json", ["data0", "data1"],
                                       prefix + "-0000.params")
-    x = nd.array(pred)
-    x.attach_grad(grad_req="add")
-    for label in labels:
-        with autograd.record():
-            out = block(x, nd.array(label))
-        out.backward()
-    _assert_gradient(x.grad.asnumpy(),
-                     _row_gradient(pred, labels[0]) + _row_gradient(pred, labels[1]))
+    _assert_accumulates_both_passes(block, pred, labels)
 
 
 # --- B: label smoothing at large logits --------------------------------------------------
