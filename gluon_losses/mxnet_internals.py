@@ -29,8 +29,9 @@ pattern, never wait for each other.
 """
 import threading
 
-from mxnet import nd
-from mxnet.gluon.block import _regroup
+# Only mxnet.ndarray at import: a parameter server unpickles center_optimizer, which
+# needs set_rows, while `import mxnet` is still running and mxnet.gluon cannot load.
+import mxnet.ndarray as nd
 from mxnet.ndarray import NDArray
 
 # Held for a graph build and for copying a parameter to a new context (graph_ops.
@@ -83,7 +84,10 @@ class SerializedFirstCall:
         # parameter array never share its autograd entry (see the module docstring).
         out = self._cached_op(*[present[i] if is_arg else i.data(context).detach()
                                 for is_arg, i in self._cached_op_args])
-        return out if isinstance(out, NDArray) else _regroup(out, self._out_format)
+        if isinstance(out, NDArray):
+            return out
+        from mxnet.gluon.block import _regroup
+        return _regroup(out, self._out_format)
 
 
 # ---------------------------------------------------------------- blocks
