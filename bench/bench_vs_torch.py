@@ -19,6 +19,9 @@ also report the loss with PyTorch's normalization and its gradient's magnitude s
 the same inputs, and the run stops if they differ: the two solve the same problem.
 
     python -m bench.bench_vs_torch [--repeats 3] [--rounds 20] [--threads default,1,2]
+
+``--co-resident`` times only PyTorch instead, alternating a process without MXNet and
+one that imports MXNet first (``--load-mxnet-first``): what sharing a process costs it.
 """
 import argparse
 import datetime
@@ -61,12 +64,19 @@ def environment(setting, framework):
     return env
 
 
-def run_worker(python, framework, setting, rounds):
+def run_worker(python, framework, setting, rounds, mxnet_path=None):
+    """One worker process's JSON; ``mxnet_path``: PyTorch's worker loads MXNet from there."""
     module = {"mxnet": "bench.mxnet_softmax_ce", "torch": "bench.torch_softmax_ce"}[framework]
     command = [python, "-m", module, "--rounds", str(rounds)]
     if framework == "torch" and setting != "default":
         command += ["--threads", setting]
-    done = subprocess.run(command, cwd=ROOT, env=environment(setting, framework),
+    env = environment(setting, framework)
+    if mxnet_path:
+        command.append("--load-mxnet-first")
+        # Appended, so that the PyTorch venv's own packages still come first.
+        env["PYTHONPATH"] = os.pathsep.join(filter(None, [env.get("PYTHONPATH"), ROOT,
+                                                           mxnet_path]))
+    done = subprocess.run(command, cwd=ROOT, env=env,
                           stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                           universal_newlines=True)
     if done.returncode != 0:
@@ -111,6 +121,35 @@ def summarize(runs):
     return rows
 
 
+def mxnet_site_packages(mxnet_python):
+    """The folder that ``mxnet_python`` imports MXNet from."""
+    return subprocess.run(
+        [mxnet_python, "-c", "import os, mxnet; print(os.path.dirname(os.path.dirname("
+         "os.path.abspath(mxnet.__file__))))"], stdout=subprocess.PIPE, check=True,
+        universal_newlines=True).stdout.strip()
+
+
+def co_resident(args):
+    """PyTorch alone against PyTorch with MXNet imported, alternating, per setting."""
+    mxnet_path = mxnet_site_packages(args.mxnet_python)
+    print("PyTorch's forward+backward, ms: median of %d processes each, alternating "
+          "without and with MXNet imported; %d rounds per shape" % (args.repeats,
+                                                                     args.rounds))
+    print("| shape | threads | PyTorch alone ms | with MXNet imported ms | ratio |")
+    print("|---|---|---:|---:|---:|")
+    for setting in args.threads:
+        runs = []
+        for _ in range(args.repeats):
+            runs.append((run_worker(args.torch_python, "torch", setting, args.rounds),
+                         run_worker(args.torch_python, "torch", setting, args.rounds,
+                                    mxnet_path)))
+        for index, case in enumerate(runs[0][0]["cases"]):
+            alone = statistics.median(a["cases"][index]["ms"]["torch"] for a, _ in runs)
+            loaded = statistics.median(b["cases"][index]["ms"]["torch"] for _, b in runs)
+            print("| %s | %s (PyTorch: %d) | %.3f | %.3f | %.2f |" % (
+                case["case"], setting, runs[0][0]["threads"], alone, loaded, loaded / alone))
+
+
 def ratio_cell(ratio):
     median, low, high = ratio
     return "%.2f (%.2f-%.2f)" % (median, low, high) if high > low else "%.2f" % median
@@ -139,6 +178,8 @@ def main(argv=None):
                         help="the Python of a venv with torch and NumPy (make bench-torch)")
     parser.add_argument("--mxnet-python", default=sys.executable)
     parser.add_argument("--json", help="also write every run's numbers to this file")
+    parser.add_argument("--co-resident", action="store_true",
+                        help="time PyTorch alone against PyTorch with MXNet imported")
     args = parser.parse_args(argv)
     for name in ("repeats", "rounds"):
         if getattr(args, name) < 1:
@@ -146,6 +187,8 @@ def main(argv=None):
     if not os.path.exists(args.torch_python):
         parser.error("no PyTorch Python at --torch-python %s; make one with `make bench-torch`"
                      % args.torch_python)
+    if args.co_resident:
+        return co_resident(args)
 
     started = datetime.datetime.now(datetime.timezone.utc)
     load_before = os.getloadavg()[0]

@@ -15,8 +15,13 @@ as ``(B*N, C)``; NCHW ones as they are (PyTorch's class axis is 1).
 prints one JSON line: the torch version, its thread count, and per case the median
 milliseconds, the loss and the sum of the gradient's magnitudes (for the driver's
 check that both frameworks solve the same problem).
+
+``--load-mxnet-first`` imports MXNet before anything is timed, and nothing else: it
+only shows what a co-resident MXNet does to PyTorch (docs/benchmarks.md), and needs
+MXNet importable, e.g. ``PYTHONPATH=.venv/lib/python3.11/site-packages``.
 """
 import argparse
+import importlib
 import json
 import time
 
@@ -80,13 +85,18 @@ def main(argv=None):
     parser.add_argument("--threads", type=int,
                         help="torch.set_num_threads(N); left out: PyTorch's default")
     parser.add_argument("--rounds", type=int, default=20)
+    parser.add_argument("--load-mxnet-first", action="store_true",
+                        help="import MXNet first, to see what its pools cost PyTorch")
     args = parser.parse_args(argv)
+    if args.load_mxnet_first:
+        importlib.import_module("mxnet")
     if args.threads is not None:
         if args.threads < 1:
             parser.error("--threads must be at least 1, got %d" % args.threads)
         torch.set_num_threads(args.threads)
     print(json.dumps({"framework": "torch", "version": torch.__version__,
-                      "threads": torch.get_num_threads(), "cases": run(args.rounds)}))
+                      "threads": torch.get_num_threads(),
+                      "mxnet_loaded": args.load_mxnet_first, "cases": run(args.rounds)}))
 
 
 if __name__ == "__main__":

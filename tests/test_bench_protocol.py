@@ -14,16 +14,20 @@ from bench import bench_vs_torch, softmax_cases
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
+def source_text():
+    with open(os.path.join(ROOT, "bench", "torch_softmax_ce.py")) as source:
+        return source.read()
+
+
 def test_torch_side_imports_no_mxnet():
     """MXNet's thread pools slow a PyTorch in the same process: the torch worker's own
     imports, and the bench modules it loads, must not pull MXNet in."""
-    with open(os.path.join(ROOT, "bench", "torch_softmax_ce.py")) as source:
-        tree = ast.parse(source.read())
+    tree = ast.parse(source_text())
     imported = {alias.name for node in ast.walk(tree) if isinstance(node, ast.Import)
                 for alias in node.names}
     imported |= {node.module for node in ast.walk(tree) if isinstance(node, ast.ImportFrom)}
-    assert imported == {"argparse", "json", "time", "numpy", "torch", "bench.softmax_cases",
-                        "bench.timing"}
+    assert imported == {"argparse", "importlib", "json", "time", "numpy", "torch",
+                        "bench.softmax_cases", "bench.timing"}
     code = ("import sys, bench.softmax_cases, bench.timing, bench.bench_vs_torch; "
             "assert 'mxnet' not in sys.modules, 'mxnet was imported'")
     subprocess.run([sys.executable, "-c", code], cwd=ROOT, check=True)
