@@ -21,7 +21,7 @@ the same inputs, and the run stops if they differ: the two solve the same proble
     python -m bench.bench_vs_torch [--repeats 3] [--rounds 20] [--threads default,1,2]
 
 ``--co-resident`` times only PyTorch instead, alternating a process without MXNet and
-one that imports MXNet first (``--load-mxnet-first``): what sharing a process costs it.
+one that imports MXNet first (``--load-mxnet-from``): what sharing a process costs it.
 """
 import argparse
 import datetime
@@ -70,13 +70,9 @@ def run_worker(python, framework, setting, rounds, mxnet_path=None):
     command = [python, "-m", module, "--rounds", str(rounds)]
     if framework == "torch" and setting != "default":
         command += ["--threads", setting]
-    env = environment(setting, framework)
     if mxnet_path:
-        command.append("--load-mxnet-first")
-        # Appended, so that the PyTorch venv's own packages still come first.
-        env["PYTHONPATH"] = os.pathsep.join(filter(None, [env.get("PYTHONPATH"), ROOT,
-                                                           mxnet_path]))
-    done = subprocess.run(command, cwd=ROOT, env=env,
+        command += ["--load-mxnet-from", mxnet_path]
+    done = subprocess.run(command, cwd=ROOT, env=environment(setting, framework),
                           stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                           universal_newlines=True)
     if done.returncode != 0:

@@ -16,13 +16,14 @@ prints one JSON line: the torch version, its thread count, and per case the medi
 milliseconds, the loss and the sum of the gradient's magnitudes (for the driver's
 check that both frameworks solve the same problem).
 
-``--load-mxnet-first`` imports MXNet before anything is timed, and nothing else: it
-only shows what a co-resident MXNet does to PyTorch (docs/benchmarks.md), and needs
-MXNet importable, e.g. ``PYTHONPATH=.venv/lib/python3.11/site-packages``.
+``--load-mxnet-from DIR`` imports MXNet from the site-packages folder DIR before
+anything is timed, and uses nothing of it: it only shows what a co-resident MXNet does
+to PyTorch (``bench_vs_torch --co-resident``, docs/benchmarks.md).
 """
 import argparse
 import importlib
 import json
+import sys
 import time
 
 import numpy as np
@@ -85,10 +86,13 @@ def main(argv=None):
     parser.add_argument("--threads", type=int,
                         help="torch.set_num_threads(N); left out: PyTorch's default")
     parser.add_argument("--rounds", type=int, default=20)
-    parser.add_argument("--load-mxnet-first", action="store_true",
-                        help="import MXNet first, to see what its pools cost PyTorch")
+    parser.add_argument("--load-mxnet-from", metavar="DIR",
+                        help="import MXNet from this site-packages first, to see what "
+                             "sharing a process with it costs PyTorch")
     args = parser.parse_args(argv)
-    if args.load_mxnet_first:
+    if args.load_mxnet_from:
+        # Appended: this venv's own NumPy and torch stay first on the path.
+        sys.path.append(args.load_mxnet_from)
         importlib.import_module("mxnet")
     if args.threads is not None:
         if args.threads < 1:
@@ -96,7 +100,7 @@ def main(argv=None):
         torch.set_num_threads(args.threads)
     print(json.dumps({"framework": "torch", "version": torch.__version__,
                       "threads": torch.get_num_threads(),
-                      "mxnet_loaded": args.load_mxnet_first, "cases": run(args.rounds)}))
+                      "mxnet_loaded": bool(args.load_mxnet_from), "cases": run(args.rounds)}))
 
 
 if __name__ == "__main__":
