@@ -5,9 +5,9 @@ interleaved round-robin so that machine noise hits all of them alike; each turn 
 with discarded calls, so that every contender is timed warm, as in a training loop.
 Printed ratios are medians over the rounds, relative to gluon's unweighted
 SoftmaxCrossEntropyLoss; the graph is also compared with the loss as it was before the
-fused operator (bench/pre_fused_graph.py). PyTorch is not timed here: MXNet's thread
-pools slow a PyTorch loaded into the same process several-fold, so bench/bench_vs_torch.py
-runs each framework in a process of its own. The peak extra memory of one
+fused operator (bench/pre_fused_graph.py). PyTorch is not timed here, where it would
+share MXNet's process, cores and thread pools: bench/bench_vs_torch.py runs each
+framework in a process of its own. The peak extra memory of one
 forward + backward is measured per contender in a fresh process (peak resident set
 size during the first call, minus the size before it).
 

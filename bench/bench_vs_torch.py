@@ -1,7 +1,8 @@
 """WeightedSoftmaxCELoss against PyTorch's cross_entropy, each framework in its own process.
 
-Loaded into one process, MXNet's thread pools slow PyTorch's CPU kernels several-fold,
-so neither framework is ever imported here: each run is a fresh subprocess, MXNet's
+Two frameworks in one process share cores, thread pools and allocators, and either
+may slow the other (``--co-resident`` below measures it for PyTorch), so neither
+framework is ever imported here: each run is a fresh subprocess, MXNet's
 (bench/mxnet_softmax_ce.py, our loss fused and ``fused=False``, and MXNet's floor) and
 PyTorch's (bench/torch_softmax_ce.py, in the venv of ``make bench-torch``) alternating
 ``--repeats`` times, under each thread setting:

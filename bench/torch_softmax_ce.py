@@ -1,8 +1,8 @@
 """PyTorch's side of bench/bench_vs_torch.py: forward+backward of weighted cross_entropy.
 
-Runs in a process (and a venv) of its own, and never imports MXNet: MXNet's thread
-pools, loaded in the same process, slow PyTorch's CPU kernels several-fold. Only NumPy,
-torch and the NumPy-only bench modules (softmax_cases, timing) are imported.
+Runs in a process (and a venv) of its own, and never imports MXNet, whose thread pools
+and libraries would share the process with PyTorch's. Only NumPy, torch and the
+NumPy-only bench modules (softmax_cases, timing) are imported.
 
 ``F.cross_entropy(pred, target, weight=w, ignore_index=-1, reduction='mean')``: the
 mean divides by the sum of the weights of the non-ignored positions, which is our

@@ -20,8 +20,8 @@ def source_text():
 
 
 def test_torch_side_imports_no_mxnet():
-    """MXNet's thread pools slow a PyTorch in the same process: the torch worker's own
-    imports, and the bench modules it loads, must not pull MXNet in."""
+    """PyTorch is timed alone: the torch worker's own imports, and the bench modules it
+    loads, must not pull MXNet into its process."""
     tree = ast.parse(source_text())
     imported = {alias.name for node in ast.walk(tree) if isinstance(node, ast.Import)
                 for alias in node.names}
