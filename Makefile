@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test bench detect segment clean horovod
+.PHONY: demo test bench bench-torch detect segment clean horovod
 
 # The install builds the fused operator (setup.py), so its sources are prerequisites too.
 $(STAMP): setup.cfg setup.py pyproject.toml gluon_losses/fused/softmax_ce.cc gluon_losses/fused/exports.map gluon_losses/fused/build.py
@@ -57,6 +57,19 @@ bench: $(STAMP)
 	$(BIN)/python -m bench.bench_symbol
 	$(BIN)/python -m bench.bench_faster_rcnn_step --hybridize
 	$(BIN)/python -m bench.bench_faster_rcnn_step
+
+# PyTorch for bench/bench_vs_torch.py, in a venv of its own: gluoncv 0.10.5 (in .venv)
+# refuses to import next to torch 2, and the PyTorch worker must never share a process
+# with MXNet. TORCH_PIP_ARGS can point pip at PyTorch's CPU-only wheel index (e.g.
+# TORCH_PIP_ARGS="--index-url URL"); left empty, torch comes from the default registry.
+TORCH_PIP_ARGS ?=
+.venv-bench/.installed:
+	$(PYTHON) -m venv .venv-bench
+	.venv-bench/bin/python -m pip install -q "numpy<1.24" torch $(TORCH_PIP_ARGS)
+	touch $@
+
+bench-torch: $(STAMP) .venv-bench/.installed
+	$(BIN)/python -m bench.bench_vs_torch --torch-python .venv-bench/bin/python
 
 detect: $(STAMP)
 	$(BIN)/python -m examples.faster_rcnn --out runs/detect

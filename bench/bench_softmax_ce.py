@@ -5,10 +5,9 @@ interleaved round-robin so that machine noise hits all of them alike; each turn 
 with discarded calls, so that every contender is timed warm, as in a training loop.
 Printed ratios are medians over the rounds, relative to gluon's unweighted
 SoftmaxCrossEntropyLoss; the graph is also compared with the loss as it was before the
-fused operator (bench/pre_fused_graph.py). PyTorch's CPU ``cross_entropy`` joins when torch is
-importable (the ``bench`` extra, in an environment of its own: see
-docs/benchmarks.md), with the same number of threads as MXNet's operators
-(``OMP_NUM_THREADS``, else MXNet's own choice). The peak extra memory of one
+fused operator (bench/pre_fused_graph.py). PyTorch is not timed here, where it would
+share MXNet's process, cores and thread pools: bench/bench_vs_torch.py runs each
+framework in a process of its own. The peak extra memory of one
 forward + backward is measured per contender in a fresh process (peak resident set
 size during the first call, minus the size before it).
 
@@ -27,22 +26,16 @@ from mxnet import autograd, gluon
 
 from gluon_losses import WeightedSoftmaxCELoss, fused
 from bench.pre_fused_graph import PreFusedGraph
+from bench import softmax_cases
+from bench.softmax_cases import CASES, IGNORE
 from bench.timing import interleave
 
-IGNORE = -1
 TURN_WARMUP_SECONDS = 0.02
-CASES = [  # (name, pred shape, class axis)
-    ("(131072, 21)", (131072, 21), -1),
-    ("(2, 128, 81)", (2, 128, 81), -1),
-    ("(4, 21, 64, 64) axis=1", (4, 21, 64, 64), 1),
-    ("(8, 21, 128, 128) axis=1", (8, 21, 128, 128), 1),
-]
 MEMORY_CASE = ("(4, 21, 256, 256) axis=1", (4, 21, 256, 256), 1)
 BASELINE = "gluon SoftmaxCELoss (unweighted)"
 FUSED = "WeightedSoftmaxCELoss, fused"
 GRAPH = "WeightedSoftmaxCELoss, graph (fused=False)"
 BEFORE = "graph before the fused operator"
-TORCH = "PyTorch cross_entropy"
 
 
 class SoftmaxOutputLoss(gluon.HybridBlock):
@@ -123,58 +116,8 @@ class NumpyCustomOpLoss(gluon.HybridBlock):
                         class_weight=self._weights, axis=self._axis)
 
 
-@functools.lru_cache(maxsize=None)
-def load_torch():
-    """PyTorch, or None when it is not importable (it is an optional contender).
-
-    Imported only here: GluonCV refuses to import once torch>=2 is importable, so torch
-    lives in its own environment (docs/benchmarks.md) and nothing else here needs it.
-    """
-    try:
-        import torch
-    except ImportError:
-        return None
-    return torch
-
-
-def torch_threads():
-    """MXNet's operator thread count: OMP_NUM_THREADS, else what MXNet picks by default."""
-    if os.environ.get("OMP_NUM_THREADS"):
-        return int(os.environ["OMP_NUM_THREADS"])
-    return max(1, (os.cpu_count() or 2) // 2)
-
-
-class TorchStep:
-    """One forward + backward of PyTorch's weighted cross_entropy with ignore_index."""
-
-    def __init__(self, pred, label, class_weight, axis):
-        torch = load_torch()
-        self.cross_entropy = torch.nn.functional.cross_entropy
-        pred, label = pred.asnumpy(), label.asnumpy()
-        if axis % pred.ndim == pred.ndim - 1:  # PyTorch wants classes on axis 1: (-1, C)
-            pred, label = pred.reshape(-1, pred.shape[-1]), label.reshape(-1)
-        self.pred = torch.from_numpy(pred).requires_grad_()
-        self.label = torch.from_numpy(label).long()
-        self.weight = torch.from_numpy(np.asarray(class_weight, np.float32))
-
-    def __call__(self):
-        start = time.perf_counter()
-        # zero_grad(set_to_none=True): the backward allocates and writes a fresh buffer.
-        self.pred.grad = None
-        loss = self.cross_entropy(self.pred, self.label, weight=self.weight,
-                                  ignore_index=IGNORE)
-        loss.backward()
-        return time.perf_counter() - start
-
-
 def make_inputs(shape, axis, seed=0):
-    rng = np.random.RandomState(seed)
-    num_classes = shape[axis]
-    label_shape = tuple(s for i, s in enumerate(shape) if i != axis % len(shape))
-    label = rng.randint(0, num_classes, size=label_shape).astype(np.float32)
-    label[rng.rand(*label_shape) < 0.25] = IGNORE
-    pred = rng.randn(*shape).astype(np.float32)
-    class_weight = rng.uniform(0.5, 2.0, size=num_classes)
+    pred, label, class_weight = softmax_cases.make_inputs(shape, axis, seed)
     return mx.nd.array(pred), mx.nd.array(label), class_weight
 
 
@@ -213,8 +156,6 @@ def run_case(shape, axis, rounds, warmup=3, calls_per_turn=1):
     blocks = contenders(shape, axis, class_weight)
     calls = {name: functools.partial(time_step, block, pred, label)
              for name, block in blocks.items()}
-    if load_torch() is not None:
-        calls[TORCH] = TorchStep(pred, label, class_weight, axis)
     # Each turn starts with discarded calls: between two turns of one contender the
     # machine may reclaim its idle memory, and a training loop never pays for that.
     result = interleave(calls, rounds, warmup_rounds=warmup, block=calls_per_turn,
@@ -237,17 +178,13 @@ def measure_peak_extra_mib(name, shape, axis):
     the transient arrays that made the inputs do not hide what the step allocates.
     """
     pred, label, class_weight = make_inputs(shape, axis)
-    if name == TORCH:
-        step = TorchStep(pred, label, class_weight, axis)
-    else:
-        block = contenders(shape, axis, class_weight)[name]
-        step = functools.partial(time_step, block, pred, label)
+    block = contenders(shape, axis, class_weight)[name]
+    step = functools.partial(time_step, block, pred, label)
     mx.nd.waitall()
     with open("/proc/self/clear_refs", "w") as clear_refs:
         clear_refs.write("5")  # resets VmHWM to the current resident size
     before = _status_kib("VmRSS")
-    if name != TORCH:
-        pred.attach_grad()  # the gradient buffer counts, as PyTorch's fresh one does
+    pred.attach_grad()  # the gradient buffer counts
     step()
     mx.nd.waitall()
     return (_status_kib("VmHWM") - before) / 1024.0
@@ -257,7 +194,6 @@ def peak_memory_table(case):
     """{contender: peak extra MiB} for ``case``, each measured in a fresh process."""
     case_name, shape, axis = case
     names = list(contenders(shape, axis, np.ones(shape[axis])))
-    names += [TORCH] if load_torch() is not None else []
     table = {}
     for name in names:
         output = subprocess.run(
@@ -281,16 +217,11 @@ def main(argv=None):
         shape, axis = ast.literal_eval(args.memory_case)
         print("%.1f" % measure_peak_extra_mib(args.memory_of, tuple(shape), axis))
         return None
-    torch = load_torch()
-    if torch is not None:
-        torch.set_num_threads(torch_threads())
     rounds = 5 if args.quick else args.rounds
     print("forward+backward, hybridized, median of %d interleaved rounds, each turn after "
-          "%d ms of discarded calls; ratio = time / %s; %d threads (OMP_NUM_THREADS=%s), "
-          "PyTorch %s" % (
-              rounds, TURN_WARMUP_SECONDS * 1e3, BASELINE, torch_threads(),
-              os.environ.get("OMP_NUM_THREADS", "unset"),
-              torch.__version__ if torch is not None else "not installed"))
+          "%d ms of discarded calls; ratio = time / %s; OMP_NUM_THREADS=%s" % (
+              rounds, TURN_WARMUP_SECONDS * 1e3, BASELINE,
+              os.environ.get("OMP_NUM_THREADS", "unset")))
     print("peak MiB: resident memory added by the first forward+backward, in a fresh process")
     print("| shape | loss | ms | ratio | peak MiB |")
     print("|---|---|---:|---:|---:|")
@@ -298,7 +229,7 @@ def main(argv=None):
     for case in CASES:
         case_name, shape, axis = case
         # Small calls take turns 15 at a time, as a training loop makes them.
-        medians = run_case(shape, axis, rounds, calls_per_turn=15 if np.prod(shape) < 1e5 else 1)
+        medians = run_case(shape, axis, rounds, calls_per_turn=softmax_cases.calls_per_turn(shape))
         memory = {} if args.no_memory else peak_memory_table(case)
         results[case_name] = {"seconds": medians, "peak_mib": memory}
         for name, seconds in medians.items():
@@ -307,9 +238,6 @@ def main(argv=None):
                 "%.1f" % memory[name] if name in memory else ""))
         print("| %s | graph / graph before the fused operator | | %.2fx | |" % (
             case_name, medians[GRAPH] / medians[BEFORE]))
-        if TORCH in medians and FUSED in medians:
-            print("| %s | fused / PyTorch | | %.2fx | |" % (case_name,
-                                                            medians[FUSED] / medians[TORCH]))
     if not args.no_memory:
         print("\npeak extra memory of the first forward+backward, %s, each in a fresh process"
               % MEMORY_CASE[0])

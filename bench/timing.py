@@ -1,11 +1,15 @@
-"""Timing shared by the benches: one timed call, and contenders taking turns."""
-import time
+"""Timing shared by the benches: one timed call, and contenders taking turns.
 
-import mxnet as mx
+MXNet is imported only inside ``timed``: the PyTorch worker (bench/torch_softmax_ce.py)
+takes turns with ``interleave`` too, and must not load MXNet's thread pools.
+"""
+import time
 
 
 def timed(fn):
     """Seconds that ``fn()`` takes, every MXNet operation it queued included."""
+    import mxnet as mx
+
     start = time.perf_counter()
     fn()
     mx.nd.waitall()
