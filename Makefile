@@ -55,6 +55,7 @@ bench: $(STAMP)
 	$(BIN)/python -m bench.bench_softmax_ce
 	$(BIN)/python -m bench.bench_center
 	$(BIN)/python -m bench.bench_symbol
+	$(BIN)/python -m bench.bench_call_path
 	$(BIN)/python -m bench.bench_faster_rcnn_step --hybridize
 	$(BIN)/python -m bench.bench_faster_rcnn_step
 
