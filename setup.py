@@ -4,8 +4,13 @@ MXNet's own operators, with a WARNING that names ``python -m gluon_losses.fused 
 import importlib.util
 import os
 
-from setuptools import setup
+from setuptools import Distribution, setup
 from setuptools.command.build_py import build_py
+
+try:
+    from setuptools.command.bdist_wheel import bdist_wheel
+except ImportError:  # setuptools < 70.1
+    from wheel.bdist_wheel import bdist_wheel
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 
@@ -44,4 +49,20 @@ class BuildPyWithFusedOperator(build_py):
                   "python -m gluon_losses.fused build" % error)
 
 
-setup(cmdclass={"build_py": BuildPyWithFusedOperator})
+class DistributionWithLibrary(Distribution):
+    """The package carries a native library, so its build and wheel are per platform."""
+
+    def has_ext_modules(self):
+        return True
+
+
+class PlatformWheel(bdist_wheel):
+    """Tagged with the platform, so that pip never installs the wheel where its library
+    cannot load; for any Python 3, since the library links no Python (MXNet loads it)."""
+
+    def get_tag(self):
+        return ("py3", "none", super().get_tag()[2])
+
+
+setup(distclass=DistributionWithLibrary,
+      cmdclass={"build_py": BuildPyWithFusedOperator, "bdist_wheel": PlatformWheel})

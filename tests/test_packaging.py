@@ -105,3 +105,34 @@ def test_the_install_built_the_fused_operator_where_a_compiler_exists():
     if fused.disabled_by_environment():
         pytest.skip("GLUON_LOSSES_FUSED=0")
     assert fused.available(), fused.unavailable_reason()
+
+
+def test_a_wheel_carries_the_library_built_for_this_mxnet_and_the_platform_tag(tmp_path):
+    import json
+    import shutil
+    import subprocess
+    import zipfile
+    from gluon_losses import fused
+    try:
+        fused._build.compiler()
+    except fused._build.BuildError as error:
+        pytest.skip("no compiler here, so no wheel can carry the library: %s" % error)
+    # A copy of the tracked tree, so the build leaves nothing in the checkout.
+    source = tmp_path / "source"
+    files = subprocess.run(["git", "ls-files"], cwd=ROOT, stdout=subprocess.PIPE,
+                           universal_newlines=True, check=True).stdout.split()
+    for name in files:
+        os.makedirs(os.path.dirname(str(source / name)), exist_ok=True)
+        shutil.copy2(os.path.join(ROOT, name), str(source / name))
+    subprocess.run([sys.executable, "-m", "pip", "wheel", "-q", "--no-deps",
+                    "--no-build-isolation", "-w", str(tmp_path / "wheel"), str(source)],
+                   check=True, timeout=600)
+    wheel, = os.listdir(str(tmp_path / "wheel"))
+    assert wheel.endswith("-py3-none-linux_x86_64.whl"), wheel  # never "any": native code
+    with zipfile.ZipFile(str(tmp_path / "wheel" / wheel)) as archive:
+        names = archive.namelist()
+        library = "gluon_losses/fused/" + fused._build.LIBRARY_NAME
+        assert library in names and library + ".json" in names, names
+        stamp = json.loads(archive.read(library + ".json"))
+    import mxnet as mx
+    assert stamp["mxnet"] == mx.__version__
