@@ -45,6 +45,8 @@ struct Config {
 };
 
 const char* const kNormalizations[] = {"valid", "batch", "weight", "null", "none"};
+constexpr int kNumNormalizations = sizeof(kNormalizations) / sizeof(kNormalizations[0]);
+static_assert(kNumNormalizations == kNone + 1, "one name per Normalization, in its order");
 
 bool lookup(const std::unordered_map<std::string, std::string>& attrs, const char* key,
             std::string* value) {
@@ -65,7 +67,7 @@ bool parse_config(const std::unordered_map<std::string, std::string>& attrs, Con
     }
     if (lookup(attrs, "normalization", &v)) {
       int found = -1;
-      for (int i = 0; i < 5; ++i) if (v == kNormalizations[i]) found = i;
+      for (int i = 0; i < kNumNormalizations; ++i) if (v == kNormalizations[i]) found = i;
       if (found < 0) {
         MX_ERROR_MSG << "gluon_losses_softmax_ce: unknown normalization '" << v << "'";
         return false;
