@@ -9,6 +9,7 @@ class; a weightless position with an infinite log-probability gives NaN).
 from mxnet.gluon.loss import Loss
 
 from gluon_losses import WeightedSoftmaxCELoss
+from gluon_losses.shapes import shape_plan
 
 
 def pre_fused_softmax_ce(F, pred, label, class_weight, axis, ignore_label, ndim):
@@ -37,7 +38,11 @@ class PreFusedGraph(WeightedSoftmaxCELoss):
         super().__init__(fused=False, **kwargs)
 
     def forward(self, pred, label, sample_weight=None):
-        self._shape_plans.clear()
+        # every shape check again, uncached, as then; _prepare then finds it cached
+        shape_plan.__wrapped__(pred.shape, label.shape,
+                               None if sample_weight is None else sample_weight.shape,
+                               self._axis, self._batch_axis, self._sparse_label,
+                               self._num_classes)
         pred, label, sample_weight, _ = self._prepare(pred, label, sample_weight)
         return Loss.forward(self, pred, label, sample_weight)
 

@@ -10,8 +10,9 @@ import mxnet as mx
 from mxnet.gluon.loss import Loss
 
 from .checks import (as_ndarray, as_weight_vector, check_bool, check_choice, check_float,
-                     check_ignore_label, check_labels, check_not_empty, check_shape, on_context)
+                     check_ignore_label, check_labels, on_context)
 from .export import PortableExport
+from .shapes import shape_plan
 from .mxnet_internals import SerializedFirstCall, built_graph, clear_graph, is_hybridized
 from .graph_ops import CLIP_MAX, apply_scalar_weight, detached_label, ensure_on_context
 from . import fused
@@ -27,11 +28,6 @@ _FLOAT32_MAX = float(np.finfo(np.float32).max)
 _MEAN_SCALE = 2.0 ** -32
 _LOG_HALF = float(np.log(0.5))
 _LOG_THREE_QUARTERS = float(np.log(0.75))
-# Input shape combinations whose checks _prepare keeps; past this many (shapes that never
-# repeat) it starts over instead of growing.
-_MAX_SHAPE_PLANS = 64
-
-
 def _class_axis_shape(axis, ndim):
     """Reshape spec that lays a (C,) vector along ``axis`` of an ``ndim``-D array."""
     if axis >= 0 and ndim is None:
@@ -40,21 +36,6 @@ def _class_axis_shape(axis, ndim):
                          "axis, got ndim=None" % axis)
     trailing = -axis - 1 if axis < 0 else ndim - axis - 1
     return (-1,) + (1,) * trailing
-
-
-def _layout_hint(pred_shape, num_classes):
-    """Where the classes seem to lie when they are not along ``axis``, as a message tail."""
-    ndim = len(pred_shape)
-    axes = [a for a in range(ndim) if pred_shape[a] == num_classes]
-    if not axes:
-        return ""
-    others = {2: ["N"], 3: ["B", "N"], 4: ["B", "H", "W"], 5: ["B", "D", "H", "W"]}.get(
-        ndim, ["d%d" % a for a in range(ndim - 1)])
-    axis = axes[-1]
-    layout = list(others)
-    layout.insert(axis, "C")
-    return ("; pred looks laid out as (%s), with the classes along axis %d: pass axis=%d"
-            % (", ".join(layout), axis, -1 if axis == ndim - 1 else axis))
 
 
 # An ignore label at most this far below 0 gets its own slot of 0 in the weight table;
@@ -353,13 +334,6 @@ def _normalizer(F, normalization, keep, weight, positions):
     return size / F.where(total > 0, total, F.ones_like(total))
 
 
-def _broadcasts(shape, target, same_ndim):
-    """Whether ``shape`` broadcasts to ``target`` (aligned on the right)."""
-    if len(shape) > len(target) or (same_ndim and len(shape) != len(target)):
-        return False
-    return all(s in (1, t) for s, t in zip(shape[::-1], target[::-1]))
-
-
 class WeightedSoftmaxCELoss(PortableExport, SerializedFirstCall, Loss):
     r"""Softmax cross-entropy with class weights, an ignore label and a choice of normalization.
 
@@ -503,7 +477,6 @@ class WeightedSoftmaxCELoss(PortableExport, SerializedFirstCall, Loss):
         self._built_ndim = None
         self._built_single_class = False  # whether the graph was built for C = 1
         self._built_with_sample_weight = None
-        self._shape_plans = {}  # input shapes -> what _shape_plan worked out for them
         self._num_classes = None
         if not any(fused is choice for choice in (None, True, False)):  # not 1 or 0
             raise ValueError("fused must be None, True or False, got %r" % (fused,))
@@ -593,15 +566,9 @@ class WeightedSoftmaxCELoss(PortableExport, SerializedFirstCall, Loss):
         label = on_context("label", label, context)
         if sample_weight is not None:
             sample_weight = on_context("sample_weight", sample_weight, context)
-        shapes = (pred.shape, label.shape,
-                  None if sample_weight is None else sample_weight.shape)
-        plan = self._shape_plans.get(shapes)
-        if plan is None:
-            plan = self._shape_plan(*shapes)
-            if len(self._shape_plans) >= _MAX_SHAPE_PLANS:
-                self._shape_plans.clear()
-            self._shape_plans[shapes] = plan
-        ndim, class_count, label_shape, weight_shape = plan
+        ndim, class_count, label_shape, weight_shape = shape_plan(
+            pred.shape, label.shape, None if sample_weight is None else sample_weight.shape,
+            self._axis, self._batch_axis, self._sparse_label, self._num_classes)
         if label_shape is not None:
             label = label.reshape(label_shape)
         if weight_shape is not None:
@@ -637,43 +604,6 @@ class WeightedSoftmaxCELoss(PortableExport, SerializedFirstCall, Loss):
             ensure_on_context(self.class_weight, context)
         return pred, label, sample_weight, context
 
-    def _shape_plan(self, pred_shape, label_shape, weight_shape):
-        """Every check that depends on the input shapes alone, raising on a mismatch:
-        ``(ndim, C, label reshape, sample_weight reshape)``, a reshape None where none is
-        needed."""
-        ndim = len(pred_shape)
-        if ndim < 2:
-            raise ValueError("pred must have a batch axis and a class axis, got shape %s"
-                             % (pred_shape,))
-        check_not_empty("pred", pred_shape)
-        if not -ndim <= self._axis < ndim:
-            raise ValueError("axis=%d is out of range for pred of shape %s" % (self._axis, pred_shape))
-        axis = self._axis % ndim
-        class_count = pred_shape[axis]
-        if self._num_classes is not None and class_count != self._num_classes:
-            raise ValueError("pred has %d classes along axis %d (shape %s) but class_weight has "
-                             "length %d%s" % (class_count, self._axis, pred_shape,
-                                              self._num_classes,
-                                              _layout_hint(pred_shape, self._num_classes)))
-        position_shape = pred_shape[:axis] + pred_shape[axis + 1:]
-        kept_axis_shape = pred_shape[:axis] + (1,) + pred_shape[axis + 1:]
-        if not -len(position_shape) <= self._batch_axis < len(position_shape):
-            raise ValueError("batch_axis=%d is out of range for the label's %d dimension(s) "
-                             "(pred of shape %s without class axis %d)"
-                             % (self._batch_axis, len(position_shape), pred_shape, self._axis))
-        label_reshape = None
-        if self._sparse_label:
-            if label_shape != position_shape and label_shape == kept_axis_shape:
-                label_reshape = label_shape = position_shape
-            check_shape("label", label_shape, position_shape, "pred of shape %s" % (pred_shape,))
-        else:
-            check_shape("label", label_shape, pred_shape, "pred (sparse_label=False)")
-        weight_reshape = None
-        if weight_shape is not None:
-            weight_reshape = self._sample_weight_shape(weight_shape, position_shape,
-                                                       kept_axis_shape, axis)
-        return ndim, class_count, label_reshape, weight_reshape
-
     def _graph_depends_on(self, ndim):
         """Whether a graph built for ``self._built_ndim`` dimensions is wrong for ``ndim``.
 
@@ -689,41 +619,6 @@ class WeightedSoftmaxCELoss(PortableExport, SerializedFirstCall, Loss):
                 _moves_class_axis(self._axis, ndim) or _moves_class_axis(self._axis, self._built_ndim)):
             return True
         return not self._sparse_label and self._num_classes is not None and self._axis >= 0
-
-    def _sample_weight_shape(self, shape, position_shape, kept_axis_shape, axis):
-        """The shape that gives ``sample_weight`` the label's number of dimensions, or None
-        where it has that already.
-
-        Three readings are accepted: a shape with the label's number of dimensions that
-        broadcasts to it; ``(batch,)``, one weight per sample; and gluon's, a shape that
-        broadcasts (NumPy-style, aligned on the right) to ``pred``'s shape with the class
-        axis kept as 1, such as ``(B, 1, 1, 1)`` for NCHW scores. A shape that two
-        readings place differently (``(4, 1)`` for labels ``(4, 4)``: per sample, or
-        gluon's per position) is refused, never decided by which sizes happen to match.
-        """
-        readings = {}
-        if _broadcasts(shape, position_shape, same_ndim=True):
-            readings["with the label's dimensions"] = tuple(shape)
-        if len(position_shape) > 1 and shape == (position_shape[self._batch_axis],):
-            spec = [1] * len(position_shape)
-            spec[self._batch_axis] = shape[0]
-            readings["one weight per sample"] = tuple(spec)
-        if _broadcasts(shape, kept_axis_shape, same_ndim=False):
-            full = (1,) * (len(kept_axis_shape) - len(shape)) + tuple(shape)
-            readings["aligned on the right with pred (gluon's rule)"] = full[:axis] + full[axis + 1:]
-        placements = set(readings.values())
-        if not placements:
-            raise ValueError("sample_weight has shape %s, which does not broadcast to the "
-                             "label's shape %s" % (shape, position_shape))
-        if len(placements) > 1:
-            raise ValueError(
-                "sample_weight has shape %s, which is ambiguous for labels of shape %s: %s; "
-                "give it pred's number of dimensions with 1 along the class axis, which "
-                "reads one way only" % (shape, position_shape, "; ".join(
-                    "%s it lies as %s (pass %s)" % (how, placed, placed[:axis] + (1,) + placed[axis:])
-                    for how, placed in readings.items())))
-        placed, = placements
-        return None if placed == tuple(shape) else placed
 
     def hybrid_forward(self, F, pred, label, sample_weight=None, class_weight=None):
         return self._scaled_loss(F, pred, label, sample_weight, class_weight, self._weight)
