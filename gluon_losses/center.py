@@ -136,7 +136,7 @@ class CenterLoss(SerializedFirstCall, Loss):
 
         loss = CenterLoss(num_classes, feature_dim, alpha=0.5, weight=0.01)
         loss.initialize(ctx=ctx)              # centers start at zero
-        center_trainer = loss.trainer()       # kwargs go to gluon.Trainer, e.g. kvstore
+        center_trainer = loss.trainer()       # kwargs go to CenterTrainer, e.g. kvstore
         with autograd.record():
             feats, logits = net(x)
             L = ce(logits, y) + loss(feats, y)
@@ -235,8 +235,8 @@ class CenterLoss(SerializedFirstCall, Loss):
     def trainer(self, **kwargs):
         """A :class:`CenterTrainer` for this loss's centers (call after ``initialize``).
 
-        ``kwargs`` go to ``gluon.Trainer`` (``kvstore``, ...); ``alpha`` defaults to
-        this loss's ``alpha``.
+        ``kwargs`` go to :class:`CenterTrainer` (``kvstore``, ``allreduce``, ...);
+        ``alpha`` defaults to this loss's ``alpha``.
         """
         kwargs.setdefault("alpha", self._alpha)
         return CenterTrainer(self.centers, self.center_counts, **kwargs)

@@ -1,13 +1,14 @@
-"""``CenterTrainer``: the ``gluon.Trainer`` that moves CenterLoss centers by Eq. 4.
+"""``CenterTrainer``: the trainer that moves CenterLoss centers by Eq. 4.
 
 It sums the center statistics (gradients) over contexts and workers through a
 kvstore, or through a user's allreduce (Horovod), then applies the kernels of
 :mod:`gluon_losses.center_update` to every copy, so all copies stay identical.
 """
 import itertools
+import json
 
 import mxnet as mx
-from mxnet import gluon, nd
+from mxnet import nd
 
 from .center_update import apply_center_update, apply_dense_center_update
 from .checks import check_float
@@ -42,8 +43,10 @@ def _shared_key_base():
     return _KEY_BASE + _KEYS_PER_TRAINER * number
 
 
-class CenterTrainer(gluon.Trainer):
-    r"""The ``gluon.Trainer`` that moves the centers of a :class:`CenterLoss` by Eq. 4.
+class CenterTrainer:
+    r"""The trainer that moves the centers of a :class:`CenterLoss` by Eq. 4, with
+    ``gluon.Trainer``'s ``step``, ``allreduce_grads``, ``update``, ``save_states`` and
+    ``load_states``. It has no optimizer: Eq. 4 is the whole update.
 
     Create it with :meth:`CenterLoss.trainer`. Call ``step(batch_size)`` after every
     backward pass, right after the network's own ``trainer.step``. To accumulate
@@ -102,16 +105,18 @@ class CenterTrainer(gluon.Trainer):
                              % (grad_stype(centers), grad_stype(center_counts)))
         self._dense = stypes == {"default"}
         self._key_base = None
-        # The optimizer is never called; gluon.Trainer wants one to exist.
-        super().__init__([centers, center_counts], "sgd", {"learning_rate": 0.0},
-                         kvstore=kvstore, update_on_kvstore=False)
+        self._params = [centers, center_counts]
+        self._contexts = centers.list_ctx()
+        if set(center_counts.list_ctx()) != set(self._contexts):
+            raise ValueError("centers and center_counts must live on the same contexts, got "
+                             "%s and %s" % (self._contexts, center_counts.list_ctx()))
         if allreduce is not None and len(self._contexts) != 1:
             raise ValueError("allreduce needs the centers on one context per process, "
                              "got %s" % (self._contexts,))
         # Copies must agree before the first forward pass, since each computes its
         # part of the numerator against its own centers: start every context and
         # worker from context 0 of worker 0 now, not at the first step.
-        self._init_kvstore()
+        self._init_kvstore(kvstore)
         self._init_params()
 
     @property
@@ -123,8 +128,8 @@ class CenterTrainer(gluon.Trainer):
     def alpha(self, value):
         self._alpha = check_float("alpha", value, 0.0, 1.0, low_open=True)
 
-    def _init_kvstore(self):
-        kvstore = None if self._allreduce else self._kvstore_params["kvstore"]
+    def _init_kvstore(self, kvstore):
+        kvstore = None if self._allreduce else kvstore
         if kvstore is not None and not isinstance(kvstore, (str, mx.kv.KVStore)):
             raise ValueError("kvstore must be a kvstore type name, a KVStore or None, "
                              "got %r" % (kvstore,))
@@ -147,24 +152,17 @@ class CenterTrainer(gluon.Trainer):
         self._kvstore = kvstore
         self._distributed = kvstore is not None and "dist" in kvstore.type
         self._dense_keys = {}
-        self._update_on_kvstore = False
-        self._kv_initialized = True
 
     def _init_params(self):
-        # gluon.Trainer's version, on this trainer's own keys: copies of centers and
-        # counts start from context 0 of worker 0.
+        # On this trainer's own keys: copies of centers and counts start from context 0
+        # of worker 0.
         if self._kvstore is not None:
             for offset, param in enumerate(self._params):
                 arrays = param.list_data()
                 self._kvstore.broadcast(self._key_base + offset, arrays[0], arrays)
-        self._params_to_init = []
 
     def allreduce_grads(self):
         """Sum the center gradients over contexts and workers; see ``update``."""
-        if not self._kv_initialized:
-            self._init_kvstore()
-        if self._params_to_init:
-            self._init_params()
         self._reduced = self._reduce()
 
     def update(self, batch_size=None, ignore_stale_grad=False):
@@ -203,6 +201,25 @@ class CenterTrainer(gluon.Trainer):
         """Sum the gradients over contexts/workers and move the centers by Eq. 4."""
         self.allreduce_grads()
         self.update(batch_size, ignore_stale_grad)
+
+    def save_states(self, fname):
+        """Write the trainer's one setting, ``alpha``, to ``fname`` (JSON): the centers
+        and their counts are parameters of the loss, saved with it."""
+        with open(fname, "w") as handle:
+            json.dump({"center_trainer": 1, "alpha": self.alpha}, handle)
+
+    def load_states(self, fname):
+        """Read what :meth:`save_states` wrote. A file ``gluon.Trainer.save_states``
+        wrote for an earlier version of this trainer holds only its unused optimizer's
+        state and leaves the trainer as it is."""
+        with open(fname, "rb") as handle:
+            raw = handle.read()
+        try:
+            states = json.loads(raw.decode("utf-8"))
+        except (UnicodeDecodeError, ValueError):
+            return
+        if isinstance(states, dict) and states.get("center_trainer") == 1:
+            self.alpha = states["alpha"]
 
     def _reduce(self):
         """Per context: (rows, summed numerator rows, summed counts of those rows).
