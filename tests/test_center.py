@@ -628,3 +628,21 @@ def test_property_matches_float64_eq4_over_repeated_steps(data):
                                    atol=2e-3 * scale if dtype == "float16" else 1e-5 * scale)
         np.testing.assert_allclose(loss.centers.data().asnumpy(), centers, rtol=1e-5,
                                    atol=1e-5 * scale)
+
+
+def test_trainer_states_keep_alpha_and_read_the_older_trainer_files(tmp_path):
+    """save_states/load_states carry alpha; a file gluon.Trainer.save_states wrote (the
+    older CenterTrainer was one) loads and changes nothing."""
+    loss = make_loss(5, 3, alpha=0.3, dense=True)
+    trainer = loss.trainer()
+    trainer.alpha = 0.7
+    trainer.save_states(str(tmp_path / "center.states"))
+    resumed = make_loss(5, 3, alpha=0.3, dense=True).trainer()
+    resumed.load_states(str(tmp_path / "center.states"))
+    assert resumed.alpha == 0.7
+    param = mx.gluon.Parameter("w", shape=(2,))
+    param.initialize()
+    mx.gluon.Trainer([param], "sgd", {"learning_rate": 0.1}).save_states(
+        str(tmp_path / "old.states"))
+    resumed.load_states(str(tmp_path / "old.states"))
+    assert resumed.alpha == 0.7
