@@ -3,9 +3,8 @@
 Each is used through a function or the mixin below, and
 ``tests/test_mxnet_internals.py`` checks that MXNet 1.9.1 still behaves as each of them
 assumes, so that an MXNet change fails there, naming the assumption, instead of
-somewhere inside a loss. (``fused/__init__.py`` keeps the C API calls that load the
-operator's library, with their own tests in ``tests/test_fused.py``; the datasets'
-private fields that ``dataset_labels.py`` reads are GluonCV's and gluon.data's.)
+somewhere inside a loss. (The datasets' private fields that ``dataset_labels.py`` reads
+are GluonCV's and gluon.data's.)
 
 One-time setup of a loss, made safe for concurrent first calls
 --------------------------------------------------------------
@@ -27,6 +26,7 @@ that context's lock (:meth:`SerializedFirstCall._calls_on`), since a CachedOp wi
 memory is not re-entrant; threads on different contexts, GluonCV's ``Parallel``
 pattern, never wait for each other.
 """
+import ctypes
 import threading
 
 # Only mxnet.ndarray at import: a parameter server unpickles center_optimizer, which
@@ -144,3 +144,23 @@ def set_rows(target, rows, values):
     that it writes only those rows."""
     nd._internal._scatter_set_nd(lhs=target, rhs=values, indices=rows.reshape((1, -1)),
                                  shape=target.shape, out=target)
+
+
+# ---------------------------------------------------------------- operator libraries
+def load_operator_library(path, op_name):
+    """Register the library at ``path`` (an absolute path) with MXNet and bind
+    ``mx.nd.<op_name>`` and ``mx.sym.<op_name>`` (and their ``.op`` twins) for its one
+    operator: what ``mx.library.load`` does, without regenerating the functions of
+    every other operator, which takes about a second."""
+    from mxnet.base import _LIB, OpHandle, c_str, check_call, mx_uint
+    from mxnet.ndarray.register import _make_ndarray_function
+    from mxnet.symbol.register import _make_symbol_function
+    import mxnet as mx
+    check_call(_LIB.MXLoadLib(c_str(path), mx_uint(0)))
+    handle = OpHandle()
+    check_call(_LIB.NNGetOpHandle(c_str(op_name), ctypes.byref(handle)))
+    for package, make_function in ((mx.ndarray, _make_ndarray_function),
+                                   (mx.symbol, _make_symbol_function)):
+        function = make_function(handle, op_name, op_name)
+        for module in (package, package.op):
+            setattr(module, op_name, function)

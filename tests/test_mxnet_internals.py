@@ -1,5 +1,7 @@
 """What gluon_losses.mxnet_internals assumes of MXNet's private names, checked against
 the installed MXNet: each test fails, naming the assumption, if MXNet changes under it."""
+import os
+
 import numpy as np
 import mxnet as mx
 import pytest
@@ -82,3 +84,28 @@ def test_set_rows_writes_only_the_listed_rows_in_place(dtype):
     assert handle is target
     np.testing.assert_array_equal(target.asnumpy(),
                                   [[0, 1, 2], [-4, -5, -6], [6, 7, 8], [-1, -2, -3]])
+
+
+def test_load_operator_library_binds_the_operator_in_a_fresh_process():
+    import subprocess
+    import sys
+    from gluon_losses import fused
+    if not fused.available():
+        pytest.skip("fused operator unavailable: %s" % fused.unavailable_reason())
+    code = """
+import mxnet as mx
+from gluon_losses import mxnet_internals
+from gluon_losses.fused import OP_NAME, library_path
+assert not hasattr(mx.nd, OP_NAME)
+mxnet_internals.load_operator_library(library_path(), OP_NAME)
+for module in (mx.nd, mx.nd.op, mx.sym, mx.sym.op):
+    assert callable(getattr(module, OP_NAME))
+out = getattr(mx.nd, OP_NAME)(mx.nd.array([[0.0, 0.0]]), mx.nd.array([1.0]), axis=-1,
+                              normalization="none")
+print(out.asnumpy().tolist())
+"""
+    env = dict(os.environ, GLUON_LOSSES_FUSED="0")  # nothing loads it on import
+    result = subprocess.run([sys.executable, "-c", code], env=env, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, universal_newlines=True, timeout=120)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert np.allclose(eval(result.stdout.strip().splitlines()[-1]), [np.log(2.0)])

@@ -11,18 +11,14 @@ and ``lib_api.cc`` into a library that ``mx.library.load`` registers as the oper
 adds it to an ``mx.nd`` or ``mx.sym`` graph. Nothing is loaded when
 ``GLUON_LOSSES_FUSED=0``.
 """
-import ctypes
 import json
 import logging
 import os
 import threading
 
 import mxnet as mx
-from mxnet.base import _LIB, OpHandle, c_str, check_call, mx_uint
-from mxnet.ndarray.register import _make_ndarray_function
-from mxnet.symbol.register import _make_symbol_function
-
 from . import build as _build
+from ..mxnet_internals import load_operator_library
 
 __all__ = ["OP_NAME", "available", "unavailable_reason", "softmax_ce", "library_path",
            "load_cached", "log_path_once", "BUILD_COMMAND", "gradient_input", "composed_input"]
@@ -102,14 +98,7 @@ def _load(path):
     """
     if not os.path.isabs(path):
         raise OSError("the library path must be absolute, got %r" % path)
-    check_call(_LIB.MXLoadLib(c_str(path), mx_uint(0)))
-    handle = OpHandle()
-    check_call(_LIB.NNGetOpHandle(c_str(OP_NAME), ctypes.byref(handle)))
-    for package, make_function in ((mx.ndarray, _make_ndarray_function),
-                                   (mx.symbol, _make_symbol_function)):
-        function = make_function(handle, OP_NAME, OP_NAME)
-        for module in (package, package.op):
-            setattr(module, OP_NAME, function)
+    load_operator_library(path, OP_NAME)
     _state["loaded"] = True
 
 
