@@ -10,13 +10,13 @@ server without an optimizer sums gradients into the weights).
 """
 import copy
 import numbers
-import sys
 from collections import OrderedDict
 
 import mxnet.optimizer as optimizer_api
 import mxnet.symbol as sym
 
 from .center_update import _cached, _graph_op, eq4_rows
+from .mxnet_internals import devices_updated_without_kvstore
 
 __all__ = ["with_center_update", "apply_center_state_update", "center_state_name",
            "CENTER_STATE_SUFFIX"]
@@ -119,26 +119,18 @@ class _CenterUpdateMixin:
 def _refuse_unsummed_devices():
     """Raise when Module updates several devices without a kvstore.
 
-    With ``kvstore=None`` MXNet sums no gradient across devices (``mxnet.model.
-    _update_params`` updates each device's copy from that device's own gradient), so
-    each copy of the centers would move by Eq. 4 over its part of the batch only. The
-    optimizer cannot see the kvstore, so this reads the arguments of that MXNet
-    function from the calling frames (MXNet 1.9.1); outside it, nothing is checked.
+    With ``kvstore=None`` MXNet sums no gradient across devices, so each copy of the
+    centers would move by Eq. 4 over its part of the batch only. The optimizer cannot
+    see the kvstore; :func:`mxnet_internals.devices_updated_without_kvstore` reads it
+    from MXNet's calling frames.
     """
-    frame = sys._getframe(1)
-    while frame is not None:
-        if (frame.f_code.co_name == "_update_params"
-                and frame.f_globals.get("__name__") == "mxnet.model"):
-            arguments = frame.f_locals
-            devices = arguments.get("num_device", 1)
-            if arguments.get("kvstore") is None and devices > 1:
-                raise ValueError(
-                    "kvstore=None with %d devices: MXNet does not sum gradients across "
-                    "devices then, so the centers of each device would move by its own "
-                    "part of the batch. Pass kvstore='device' or 'local' to fit or "
-                    "init_optimizer." % devices)
-            return
-        frame = frame.f_back
+    devices = devices_updated_without_kvstore()
+    if devices > 1:
+        raise ValueError(
+            "kvstore=None with %d devices: MXNet does not sum gradients across "
+            "devices then, so the centers of each device would move by its own "
+            "part of the batch. Pass kvstore='device' or 'local' to fit or "
+            "init_optimizer." % devices)
 
 
 _CENTER_UPDATE_CLASSES = {}

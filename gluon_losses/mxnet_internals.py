@@ -27,6 +27,7 @@ memory is not re-entrant; threads on different contexts, GluonCV's ``Parallel``
 pattern, never wait for each other.
 """
 import ctypes
+import sys
 import threading
 
 # Only mxnet.ndarray at import: a parameter server unpickles center_optimizer, which
@@ -164,3 +165,24 @@ def load_operator_library(path, op_name):
         function = make_function(handle, op_name, op_name)
         for module in (package, package.op):
             setattr(module, op_name, function)
+
+
+# ---------------------------------------------------------------- Module's update
+def devices_updated_without_kvstore():
+    """How many devices MXNet's Module is updating without a kvstore, when called from
+    inside that update (an optimizer's ``update``); 0 elsewhere or with a kvstore.
+
+    Module with ``kvstore=None`` runs ``mxnet.model._update_params``, which updates each
+    device's copy from that device's own gradient; its arguments ``kvstore`` and
+    ``num_device`` are read from the calling frames (MXNet 1.9.1).
+    """
+    frame = sys._getframe(1)
+    while frame is not None:
+        if (frame.f_code.co_name == "_update_params"
+                and frame.f_globals.get("__name__") == "mxnet.model"):
+            arguments = frame.f_locals
+            if arguments.get("kvstore") is None:
+                return arguments.get("num_device", 1)
+            return 0
+        frame = frame.f_back
+    return 0

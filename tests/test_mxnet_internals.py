@@ -109,3 +109,25 @@ print(out.asnumpy().tolist())
                             stderr=subprocess.PIPE, universal_newlines=True, timeout=120)
     assert result.returncode == 0, result.stderr[-2000:]
     assert np.allclose(eval(result.stdout.strip().splitlines()[-1]), [np.log(2.0)])
+
+
+@pytest.mark.parametrize("kvstore, expected", [(None, 2), ("local", 0)])
+def test_devices_updated_without_kvstore_is_read_from_modules_update(kvstore, expected):
+    seen = []
+
+    class Recording(mx.optimizer.SGD):
+        def update_multi_precision(self, index, weight, grad, state):
+            seen.append(internals.devices_updated_without_kvstore())
+            super().update_multi_precision(index, weight, grad, state)
+
+    net = mx.sym.LinearRegressionOutput(
+        mx.sym.FullyConnected(mx.sym.var("data"), num_hidden=1, name="fc"),
+        mx.sym.var("label"))
+    module = mx.mod.Module(net, label_names=("label",), context=[mx.cpu(0), mx.cpu(1)])
+    module.bind(data_shapes=[("data", (4, 3))], label_shapes=[("label", (4, 1))])
+    module.init_params(mx.init.Xavier())
+    module.init_optimizer(kvstore=kvstore, optimizer=Recording(learning_rate=0.1))
+    module.forward_backward(mx.io.DataBatch([nd.ones((4, 3))], [nd.ones((4, 1))]))
+    module.update()
+    assert seen and set(seen) == {expected}
+    assert internals.devices_updated_without_kvstore() == 0  # outside Module's update
