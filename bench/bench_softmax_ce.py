@@ -18,17 +18,16 @@ import functools
 import os
 import subprocess
 import sys
-import time
 
 import numpy as np
 import mxnet as mx
-from mxnet import autograd, gluon
+from mxnet import gluon
 
 from gluon_losses import WeightedSoftmaxCELoss, fused
 from bench.pre_fused_graph import PreFusedGraph
 from bench import softmax_cases
 from bench.softmax_cases import CASES, IGNORE
-from bench.timing import interleave
+from bench.timing import forward_backward_seconds, interleave
 
 TURN_WARMUP_SECONDS = 0.02
 MEMORY_CASE = ("(4, 21, 256, 256) axis=1", (4, 21, 256, 256), 1)
@@ -138,23 +137,11 @@ def contenders(shape, axis, class_weight):
     return blocks
 
 
-def time_step(block, pred, label):
-    """Seconds of one forward + backward into ``pred``'s gradient buffer, which is
-    attached once and overwritten every step, as a training loop's are: attach_grad
-    fills a new buffer with zeros, a pass no training step makes."""
-    start = time.perf_counter()
-    with autograd.record():
-        loss = block(pred, label)
-    loss.backward()
-    pred.grad.wait_to_read()
-    return time.perf_counter() - start
-
-
 def run_case(shape, axis, rounds, warmup=3, calls_per_turn=1):
     pred, label, class_weight = make_inputs(shape, axis)
     pred.attach_grad()
     blocks = contenders(shape, axis, class_weight)
-    calls = {name: functools.partial(time_step, block, pred, label)
+    calls = {name: functools.partial(forward_backward_seconds, block, pred, label)
              for name, block in blocks.items()}
     # Each turn starts with discarded calls: between two turns of one contender the
     # machine may reclaim its idle memory, and a training loop never pays for that.
@@ -179,7 +166,7 @@ def measure_peak_extra_mib(name, shape, axis):
     """
     pred, label, class_weight = make_inputs(shape, axis)
     block = contenders(shape, axis, class_weight)[name]
-    step = functools.partial(time_step, block, pred, label)
+    step = functools.partial(forward_backward_seconds, block, pred, label)
     mx.nd.waitall()
     with open("/proc/self/clear_refs", "w") as clear_refs:
         clear_refs.write("5")  # resets VmHWM to the current resident size

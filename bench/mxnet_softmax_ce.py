@@ -24,7 +24,6 @@ import argparse
 import functools
 import json
 import os
-import time
 import warnings
 
 import numpy as np
@@ -33,7 +32,7 @@ from mxnet import autograd, gluon
 
 from gluon_losses import WeightedSoftmaxCELoss, fused
 from bench.softmax_cases import CASES, IGNORE, calls_per_turn, make_inputs
-from bench.timing import interleave
+from bench.timing import forward_backward_seconds, interleave
 
 TURN_WARMUP_SECONDS = 0.02
 
@@ -47,16 +46,6 @@ class Floor(gluon.HybridBlock):
 
 # Gluon warns that the floor leaves its label unused, which it does on purpose.
 warnings.filterwarnings("ignore", message="The 1-th input to HybridBlock is not used")
-
-
-def step(block, pred, label):
-    """Seconds of one forward + backward into ``pred.grad``."""
-    start = time.perf_counter()
-    with autograd.record():
-        out = block(pred, label)
-    out.backward()
-    pred.grad.wait_to_read()
-    return time.perf_counter() - start
 
 
 def check(pred, label, class_weight, axis):
@@ -90,7 +79,7 @@ def run(rounds, warmup=3):
                   "floor": Floor()}
         for block in blocks.values():
             block.hybridize(static_alloc=True, static_shape=True)
-        calls = {key: functools.partial(step, block, pred, label)
+        calls = {key: functools.partial(forward_backward_seconds, block, pred, label)
                  for key, block in blocks.items()}
         result = interleave(calls, rounds, warmup_rounds=warmup, block=calls_per_turn(shape),
                             warmup_seconds=TURN_WARMUP_SECONDS)

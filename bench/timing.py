@@ -16,6 +16,21 @@ def timed(fn):
     return time.perf_counter() - start
 
 
+def forward_backward_seconds(block, pred, label):
+    """Seconds of one forward + backward of ``block(pred, label)`` into ``pred``'s
+    gradient buffer, which is attached once and overwritten every step, as a training
+    loop's are (attach_grad fills a new buffer with zeros, a pass no training step
+    makes)."""
+    from mxnet import autograd
+
+    start = time.perf_counter()
+    with autograd.record():
+        loss = block(pred, label)
+    loss.backward()
+    pred.grad.wait_to_read()
+    return time.perf_counter() - start
+
+
 def interleave(timed_calls, rounds, warmup_rounds=0, block=1, warmup_seconds=0.0,
                alternate=False):
     """Run ``timed_calls`` ({name: callable returning seconds}) in turns.
