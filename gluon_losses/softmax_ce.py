@@ -483,6 +483,7 @@ class WeightedSoftmaxCELoss(PortableExport, SerializedFirstCall, Loss):
         self._fused_wanted = fused
         self._fused_device = None  # the device type the current path was chosen for
         self._use_fused = False  # symbolic composition alone gets built-in operators
+        self._graph_wraps_input = False  # whether the built graph takes pred via identity
         if class_weight is not None:
             weights = as_weight_vector("class_weight", class_weight)
             self._num_classes = weights.size
@@ -517,17 +518,27 @@ class WeightedSoftmaxCELoss(PortableExport, SerializedFirstCall, Loss):
         with self._calls_on(context):
             if context.device_type != self._fused_device:
                 self._choose_path(context)
-            if self._use_fused:  # the fused operator cannot add to a gradient: see fused
+            if self._use_fused:
                 if weight_wants_grad:
                     raise ValueError(
                         "sample_weight has a gradient buffer (attach_grad) and autograd is "
                         "recording, but the fused operator gives no gradient for "
                         "sample_weight: build the loss with fused=False to train the "
                         "weights, or pass sample_weight.detach()")
-                pred = fused.gradient_input(pred)
-            if is_hybridized(self):
-                return self._run_cached_graph(context, pred, label, sample_weight)
-            return super().forward(pred, label, sample_weight)
+            if not is_hybridized(self):
+                if self._use_fused:  # the fused operator cannot add to a gradient: see fused
+                    pred = fused.gradient_input(pred)
+                return super().forward(pred, label, sample_weight)
+            if self._use_fused and mx.autograd.is_recording():
+                # A leaf's gradient reaches it through an identity node of the graph,
+                # whose backward honours grad_req='add' (see fused.composed_input); a
+                # network's output, the usual pred, needs none, so the graph has one
+                # only while leaves come in.
+                leaf = fused.is_leaf(pred)
+                if leaf != self._graph_wraps_input:
+                    self._graph_wraps_input = leaf
+                    clear_graph(self)
+            return self._run_cached_graph(context, pred, label, sample_weight)
 
     def _choose_path(self, context):
         """Fused operator or MXNet-operator graph for calls on ``context``, logged once."""
@@ -629,6 +640,8 @@ class WeightedSoftmaxCELoss(PortableExport, SerializedFirstCall, Loss):
         if class_weight is not None and F is mx.nd:
             class_weight = class_weight.detach()  # a handle per call: see mxnet_internals.py
         if self._use_fused:
+            if F is mx.sym and self._graph_wraps_input:
+                pred = fused.composed_input(pred)
             return fused.softmax_ce(
                 F, pred, detached_label(F, label), class_weight, sample_weight, axis=self._axis,
                 ignore_label=self._ignore_label, normalization=self._normalization,

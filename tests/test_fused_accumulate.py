@@ -306,3 +306,30 @@ def test_sample_weight_with_a_gradient_is_refused_on_the_fused_path_and_trained_
     with autograd.record():
         fused_value = fused_loss(pred, label, sample_weight.detach())
     np.testing.assert_allclose(fused_value.asnumpy(), value.asnumpy(), rtol=1e-5)
+
+
+@pytest.mark.parametrize("static", [False, True])
+def test_leaf_and_network_output_alternate_on_one_hybridized_loss(static):
+    """The graph takes pred through identity only while leaves come in: a leaf with
+    grad_req='add', then a network's output, then the leaf again, each gradient right."""
+    pred, labels = _case(9)
+    loss = _loss(None)
+    loss.hybridize(static_alloc=static, static_shape=static)
+    x = nd.array(pred)
+    x.attach_grad(grad_req="add")
+    for label in labels:
+        with autograd.record():
+            value = loss(x, nd.array(label))
+        value.backward()
+    first = _row_gradient(pred, labels[0]) + _row_gradient(pred, labels[1])
+    _assert_gradient(x.grad.asnumpy(), first)
+    w = nd.array(pred)
+    w.attach_grad()
+    with autograd.record():
+        value = loss(w * 2, nd.array(labels[0]))  # not a leaf
+    value.backward()
+    _assert_gradient(w.grad.asnumpy(), 2 * _row_gradient(2 * pred, labels[0]))
+    with autograd.record():
+        value = loss(x, nd.array(labels[0]))
+    value.backward()
+    _assert_gradient(x.grad.asnumpy(), first + _row_gradient(pred, labels[0]))

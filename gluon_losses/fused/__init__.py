@@ -21,7 +21,7 @@ from . import build as _build
 from ..mxnet_internals import load_operator_library
 
 __all__ = ["OP_NAME", "available", "unavailable_reason", "softmax_ce", "library_path",
-           "load_cached", "log_path_once", "BUILD_COMMAND", "gradient_input", "composed_input"]
+           "load_cached", "log_path_once", "BUILD_COMMAND", "gradient_input", "composed_input", "is_leaf"]
 
 OP_NAME = "gluon_losses_softmax_ce"
 ENV_SWITCH = "GLUON_LOSSES_FUSED"
@@ -182,9 +182,12 @@ def gradient_input(pred):
     MXNet's copy, which adds for grad_req='add' and writes for 'write'. Anything else
     (the usual case, a network's output) is returned as it is, at no cost.
     """
-    if mx.autograd.is_recording() and pred.grad is not None:
-        return pred.reshape(pred.shape)
-    return pred
+    return pred.reshape(pred.shape) if is_leaf(pred) else pred
+
+
+def is_leaf(pred):
+    """Whether autograd records and ``pred`` is a leaf (it has a gradient buffer)."""
+    return mx.autograd.is_recording() and pred.grad is not None
 
 
 def composed_input(pred):
