@@ -67,6 +67,7 @@ def _assert_accumulates_both_passes(block, pred, labels):
         out.backward()
     _assert_gradient(x.grad.asnumpy(),
                      _row_gradient(pred, labels[0]) + _row_gradient(pred, labels[1]))
+    return x
 
 
 # --- A: grad_req='add' where the fused backward's gradient is the leaf's ----------------
@@ -315,14 +316,8 @@ def test_leaf_and_network_output_alternate_on_one_hybridized_loss(static):
     pred, labels = _case(9)
     loss = _loss(None)
     loss.hybridize(static_alloc=static, static_shape=static)
-    x = nd.array(pred)
-    x.attach_grad(grad_req="add")
-    for label in labels:
-        with autograd.record():
-            value = loss(x, nd.array(label))
-        value.backward()
+    x = _assert_accumulates_both_passes(loss, pred, labels)
     first = _row_gradient(pred, labels[0]) + _row_gradient(pred, labels[1])
-    _assert_gradient(x.grad.asnumpy(), first)
     w = nd.array(pred)
     w.attach_grad()
     with autograd.record():
