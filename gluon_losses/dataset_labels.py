@@ -20,6 +20,8 @@ dataset keeps them:
 import numpy as np
 import mxnet as mx
 
+from .mxnet_internals import transformed_dataset_base
+
 __all__ = ["detection_class_ids", "segmentation_masks", "foreground_class_count",
            "segmentation_class_count"]
 
@@ -34,12 +36,11 @@ _SEGMENTATION_SUPPORTED = ("VOCSegmentation, VOCAugSegmentation, ADE20KSegmentat
 def _unwrap(dataset):
     """The dataset that holds the annotations, under mixup and lazy-transform wrappers."""
     from gluoncv.data.mixup.detection import MixupDetection
-    from mxnet.gluon.data.dataset import _LazyTransformDataset
     while True:
         if isinstance(dataset, MixupDetection):
             dataset = dataset._dataset
-        elif isinstance(dataset, _LazyTransformDataset):
-            dataset = dataset._data
+        elif transformed_dataset_base(dataset) is not None:
+            dataset = transformed_dataset_base(dataset)
         else:
             return dataset
 

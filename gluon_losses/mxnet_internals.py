@@ -4,7 +4,7 @@ Each is used through a function or the mixin below, and
 ``tests/test_mxnet_internals.py`` checks that MXNet 1.9.1 still behaves as each of them
 assumes, so that an MXNet change fails there, naming the assumption, instead of
 somewhere inside a loss. (The datasets' private fields that ``dataset_labels.py`` reads
-are GluonCV's and gluon.data's.)
+are GluonCV's.)
 
 One-time setup of a loss, made safe for concurrent first calls
 --------------------------------------------------------------
@@ -186,3 +186,11 @@ def devices_updated_without_kvstore():
             return 0
         frame = frame.f_back
     return 0
+
+
+# ---------------------------------------------------------------- datasets
+def transformed_dataset_base(dataset):
+    """The dataset under ``dataset`` when it is ``base.transform(fn)`` (gluon.data's
+    lazy wrapper), else None."""
+    from mxnet.gluon.data.dataset import _LazyTransformDataset
+    return dataset._data if isinstance(dataset, _LazyTransformDataset) else None

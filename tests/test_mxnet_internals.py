@@ -131,3 +131,12 @@ def test_devices_updated_without_kvstore_is_read_from_modules_update(kvstore, ex
     module.update()
     assert seen and set(seen) == {expected}
     assert internals.devices_updated_without_kvstore() == 0  # outside Module's update
+
+
+def test_transformed_dataset_base_unwraps_gluons_lazy_transform():
+    base = gluon.data.SimpleDataset([1, 2, 3])
+    assert internals.transformed_dataset_base(base.transform(lambda x: x * 2)) is base
+    assert internals.transformed_dataset_base(base) is None
+    # transform_first wraps the same way
+    pairs = gluon.data.SimpleDataset([(1, 0), (2, 1)])
+    assert internals.transformed_dataset_base(pairs.transform_first(lambda x: x)) is pairs
