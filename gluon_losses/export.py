@@ -9,14 +9,14 @@ operators (the graph :func:`gluon_losses.softmax_ce.weighted_softmax_ce` builds,
 import mxnet as mx
 
 from .checks import check_bool
-from .fused import composed_input
 from .mxnet_internals import averaged_value, built_graph, registered_parameters
 
 __all__ = ["PortableExport"]
 
 
 class PortableExport:
-    """Mixin for a loss with a fused path (``self._use_fused``); put it first in the bases."""
+    """Mixin for a loss with a fused path (``self._use_fused``, and
+    ``self._graph_wraps_input`` for its graph's input); put it first in the bases."""
 
     def export(self, path, epoch=0, remove_amp_cast=True, fused=False):
         """Write ``path-symbol.json`` and ``path-%04d.params`` (epoch), as
@@ -35,18 +35,19 @@ class PortableExport:
             raise ValueError("export(fused=True) needs a loss whose graph ran on the fused "
                              "operator, but this one runs on the MXNet-operator graph; "
                              "export with fused=False")
-        if not built_graph(self) or not (fused or self._use_fused):
+        if not built_graph(self) or not self._use_fused:
             return super().export(path, epoch, remove_amp_cast)  # the graph as it ran
         inputs, _ = built_graph(self)
         params = {name: param.var() for name, param in registered_parameters(self).items()}
-        if fused:  # as the graph composed on symbols has it: see fused.composed_input
-            inputs = [composed_input(inputs[0])] + list(inputs[1:])
-        self._use_fused = fused  # hybrid_forward builds the graph of that path
+        # hybrid_forward builds the graph of the path asked for; a fused node takes pred
+        # through identity, whoever loads the graph (see fused.composed_input)
+        wraps = self._graph_wraps_input
+        self._use_fused, self._graph_wraps_input = fused, True
         try:
             with self.name_scope():
                 graph = self.hybrid_forward(mx.sym, *inputs, **params)
         finally:
-            self._use_fused = True
+            self._use_fused, self._graph_wraps_input = True, wraps
         graph.save("%s-symbol.json" % path, remove_amp_cast=remove_amp_cast)
         arguments = set(graph.list_arguments())
         mx.nd.save("%s-%04d.params" % (path, epoch),

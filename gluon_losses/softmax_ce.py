@@ -518,13 +518,12 @@ class WeightedSoftmaxCELoss(PortableExport, SerializedFirstCall, Loss):
         with self._calls_on(context):
             if context.device_type != self._fused_device:
                 self._choose_path(context)
-            if self._use_fused:
-                if weight_wants_grad:
-                    raise ValueError(
-                        "sample_weight has a gradient buffer (attach_grad) and autograd is "
-                        "recording, but the fused operator gives no gradient for "
-                        "sample_weight: build the loss with fused=False to train the "
-                        "weights, or pass sample_weight.detach()")
+            if self._use_fused and weight_wants_grad:
+                raise ValueError(
+                    "sample_weight has a gradient buffer (attach_grad) and autograd is "
+                    "recording, but the fused operator gives no gradient for "
+                    "sample_weight: build the loss with fused=False to train the "
+                    "weights, or pass sample_weight.detach()")
             if not is_hybridized(self):
                 if self._use_fused:  # the fused operator cannot add to a gradient: see fused
                     pred = fused.gradient_input(pred)

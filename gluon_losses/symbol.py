@@ -9,9 +9,9 @@ r"""The package's losses for ``mx.sym`` graphs trained with ``mx.mod.Module``.
   layer, and an optimizer that moves its centers by Eq. 4 of Wen et al. (ECCV 2016)
   under any kvstore.
 
-Class weights are constants of the graph: their values sit in the attributes of one
-operator node, so they are saved in the symbol JSON and nothing that sets or trains
-parameters can reach them.
+Class weights are constants of the graph: their values sit in the attributes of its
+nodes (:func:`graph_constant`), so they are saved in the symbol JSON and nothing that
+sets or trains parameters can reach them.
 """
 import itertools
 import json
