@@ -107,17 +107,11 @@ def test_the_install_built_the_fused_operator_where_a_compiler_exists():
     assert fused.available(), fused.unavailable_reason()
 
 
-def test_a_wheel_carries_the_library_built_for_this_mxnet_and_the_platform_tag(tmp_path):
-    import json
+def build_wheel(tmp_path, **env):
+    """``pip wheel`` of a copy of the tracked tree (the build leaves nothing in the
+    checkout), with ``env`` added to the environment; returns the wheel's path."""
     import shutil
     import subprocess
-    import zipfile
-    from gluon_losses import fused
-    try:
-        fused._build.compiler()
-    except fused._build.BuildError as error:
-        pytest.skip("no compiler here, so no wheel can carry the library: %s" % error)
-    # A copy of the tracked tree, so the build leaves nothing in the checkout.
     source = tmp_path / "source"
     files = subprocess.run(["git", "ls-files"], cwd=ROOT, stdout=subprocess.PIPE,
                            universal_newlines=True, check=True).stdout.split()
@@ -126,13 +120,50 @@ def test_a_wheel_carries_the_library_built_for_this_mxnet_and_the_platform_tag(t
         shutil.copy2(os.path.join(ROOT, name), str(source / name))
     subprocess.run([sys.executable, "-m", "pip", "wheel", "-q", "--no-deps",
                     "--no-build-isolation", "-w", str(tmp_path / "wheel"), str(source)],
-                   check=True, timeout=600)
+                   check=True, timeout=600, env=dict(os.environ, **env))
     wheel, = os.listdir(str(tmp_path / "wheel"))
+    return str(tmp_path / "wheel" / wheel)
+
+
+def test_a_wheel_carries_the_library_built_for_this_mxnet_and_the_platform_tag(tmp_path):
+    import json
+    import zipfile
+    from gluon_losses import fused
+    try:
+        fused._build.compiler()
+    except fused._build.BuildError as error:
+        pytest.skip("no compiler here, so no wheel can carry the library: %s" % error)
+    wheel = build_wheel(tmp_path)
     assert wheel.endswith("-py3-none-linux_x86_64.whl"), wheel  # never "any": native code
-    with zipfile.ZipFile(str(tmp_path / "wheel" / wheel)) as archive:
+    with zipfile.ZipFile(wheel) as archive:
         names = archive.namelist()
         library = "gluon_losses/fused/" + fused._build.LIBRARY_NAME
         assert library in names and library + ".json" in names, names
         stamp = json.loads(archive.read(library + ".json"))
     import mxnet as mx
     assert stamp["mxnet"] == mx.__version__
+
+
+def test_without_a_compiler_the_install_still_succeeds_without_the_library(tmp_path):
+    import zipfile
+    from gluon_losses import fused
+    wheel = build_wheel(tmp_path, CXX="no-such-compiler")
+    with zipfile.ZipFile(wheel) as archive:
+        names = archive.namelist()
+    assert "gluon_losses/softmax_ce.py" in names
+    assert not any(name.endswith(fused._build.LIBRARY_NAME) for name in names), names
+
+
+def test_a_failed_horovod_install_names_its_step_in_the_skip_reason(tmp_path, monkeypatch):
+    """make horovod writes each step to .venv/.horovod-failed before running it; the
+    Horovod tests then skip with that step, not with a bare import error."""
+    import horovod_cluster
+    step = tmp_path / ".horovod-failed"
+    step.write_text("building horovod==0.28.1 (log: .venv/horovod-build.log)\n")
+    monkeypatch.setattr(horovod_cluster, "FAILED_STEP", str(step))
+    horovod_cluster.unavailable_reason.cache_clear()
+    try:
+        assert horovod_cluster.unavailable_reason() == (
+            "make horovod failed while building horovod==0.28.1 (log: .venv/horovod-build.log)")
+    finally:
+        horovod_cluster.unavailable_reason.cache_clear()
